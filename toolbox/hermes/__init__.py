@@ -34,7 +34,7 @@ from toolbox.hermes.render import (
     tool_response_payload,
     turn,
 )
-from toolbox.hermes.tokens import STOP, contains_control, neutralize, neutralize_json
+from toolbox.hermes.tokens import STOP, contains_control, neutralize, neutralize_json, neutralize_turns
 from toolbox.hermes.validate import validate
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "describe_tool",
     "neutralize",
     "neutralize_json",
+    "neutralize_turns",
     "parse",
     "python_type",
     "render_json_mode",

@@ -16,7 +16,15 @@ from pydantic_core import to_jsonable_python
 
 from toolbox.errors import RenderError
 from toolbox.hermes.jsonmode import render_json_mode
-from toolbox.hermes.tokens import CALL_CLOSE, CALL_OPEN, IM_END, IM_START, neutralize, neutralize_json
+from toolbox.hermes.tokens import (
+    CALL_CLOSE,
+    CALL_OPEN,
+    IM_END,
+    IM_START,
+    neutralize,
+    neutralize_json,
+    neutralize_turns,
+)
 from toolbox.protocol import (
     AssistantMessage,
     Message,
@@ -187,7 +195,7 @@ def _union(names: list[str]) -> str:
 def assistant_turn(message: AssistantMessage, *, style: str = "tool_use") -> str:
     """The model's raw output verbatim when we have it; otherwise content and calls, rendered."""
     if message.raw is not None:
-        return turn("assistant", message.raw)
+        return turn("assistant", neutralize_turns(message.raw))
     blocks = [f"{CALL_OPEN}\n{_call_json(call, style)}\n{CALL_CLOSE}" for call in message.tool_calls]
     content = neutralize(message.content)
     return turn("assistant", "\n".join([content, *blocks] if content else blocks))

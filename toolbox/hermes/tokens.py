@@ -25,6 +25,7 @@ ZERO_WIDTH_SPACE = "\u200b"
 
 # Any "<|...|>" special token (ChatML's and Llama 3's own) and every Hermes tag, opening or closing.
 _CONTROL = re.compile(r"<(?=\||/?(?:tools|tool_call|tool_response|schema|scratch_pad)>)")
+_TURN = re.compile(r"<(?=\|)")
 
 
 def neutralize(text: str) -> str:
@@ -32,6 +33,15 @@ def neutralize(text: str) -> str:
     if "<" not in text:
         return text
     return _CONTROL.sub("<" + ZERO_WIDTH_SPACE, text)
+
+
+def neutralize_turns(text: str) -> str:
+    """Break only ``<|...|>`` turn markers: for the model's own raw output, whose Hermes tags are real.
+
+    An engine stops at ``<|im_end|>`` and ``<|im_start|>``, so real raw output never holds them and
+    replaying it stays byte-exact; text that does hold one can still never end the assistant turn.
+    """
+    return _TURN.sub("<" + ZERO_WIDTH_SPACE, text) if "<|" in text else text
 
 
 def neutralize_json(json_text: str) -> str:

@@ -81,7 +81,7 @@ def _parse_args(lines: list[str]) -> dict[str, str]:
 
 def tool_spec(fn: Callable[..., Any], *, name: str | None = None) -> ToolSpec:
     """Describe ``fn`` as a tool. Raises ``SchemaError`` naming what is missing or unsupported."""
-    tool_name = name or getattr(fn, "__name__", "")
+    tool_name: str = name or str(getattr(fn, "__name__", ""))
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}", tool_name):
         raise SchemaError(f"tool name {tool_name!r} must be 1-64 letters, digits, '_', '.' or '-'")
     doc = parse_docstring(inspect.getdoc(fn))
@@ -113,7 +113,9 @@ def check_schema(spec: ToolSpec) -> None:
 def _check_documented(tool: str, signature: inspect.Signature, doc: Docstring) -> None:
     for param in signature.parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            raise SchemaError(f"tool {tool!r}: *{param.name} cannot be offered to a model; name each argument")
+            raise SchemaError(
+                f"tool {tool!r}: *{param.name} cannot be offered to a model; name each argument"
+            )
         if param.name not in doc.params:
             raise SchemaError(
                 f"tool {tool!r}: parameter {param.name!r} is not documented; add "

@@ -60,7 +60,8 @@ SCRIPTED_OUTPUT = (
     '{"name": "get_current_temperature", "arguments": {"location": "Paris, France", "unit": "kelvin"}}\n'
     "</tool_call>\n"
     "<tool_call>\n"
-    '{"arguments": {"location": "Paris </tool_call> & <|im_end|>, France"}, "name": "get_current_wind_speed"}\n'
+    '{"arguments": {"location": "Paris </tool_call> & <|im_end|>, France"},'
+    ' "name": "get_current_wind_speed"}\n'
     "</tool_call>"
 )
 

@@ -34,19 +34,19 @@ class ParseError:
     raw: str
 
 
-class _Refused(ValueError):
+class _RefusedError(ValueError):
     """JSON that parses but that we refuse (NaN, duplicate keys)."""
 
 
 def _refuse_constant(name: str) -> Any:
-    raise _Refused(f"{name} is not valid JSON; use null, a number or a string")
+    raise _RefusedError(f"{name} is not valid JSON; use null, a number or a string")
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise _Refused(f"the key {key!r} appears twice in one object; give each key once")
+            raise _RefusedError(f"the key {key!r} appears twice in one object; give each key once")
         result[key] = value
     return result
 
@@ -70,7 +70,7 @@ def decode_block(body: str, index: int, *, truncated: bool) -> tuple[list[dict[s
         return [], [_error(index, kind, "the <tool_call> block is empty; put one JSON object in it", body)]
     try:
         values = _values(text)
-    except _Refused as exc:
+    except _RefusedError as exc:
         return [], [_error(index, "invalid_json", str(exc), body)]
     except (ValueError, RecursionError) as exc:
         return [], [_invalid(index, text, body, exc, truncated=truncated)]
@@ -124,7 +124,7 @@ def _as_json(value: Any, json_error: json.JSONDecodeError) -> Any:
     if isinstance(value, list | tuple):
         return [_as_json(item, json_error) for item in value]
     if isinstance(value, float) and not math.isfinite(value):
-        raise _Refused("NaN and infinities are not valid JSON; use null, a number or a string")
+        raise _RefusedError("NaN and infinities are not valid JSON; use null, a number or a string")
     if value is None or isinstance(value, str | int | float | bool):
         return value
     raise json_error

@@ -122,7 +122,9 @@ def _prefixes(tags: tuple[str, ...]) -> frozenset[str]:
 
 
 _TEXT_PREFIXES = _prefixes(_TEXT_TAGS)
-_PREFIXES = {tags: _prefixes(tags) for tags in (_TEXT_TAGS, _REASON_TAGS, _BLOCK_TAGS, (CALL_CLOSE,))}
+_PREFIXES: dict[tuple[str, ...], frozenset[str]] = {
+    tags: _prefixes(tags) for tags in (_TEXT_TAGS, _REASON_TAGS, _BLOCK_TAGS, (CALL_CLOSE,))
+}
 
 
 def _tag_at(text: str, pos: int, tags: tuple[str, ...]) -> str | None:
@@ -342,23 +344,13 @@ class StreamParser:
         return None
 
     def _scan_json(self, text: str, pos: int) -> tuple[int, tuple[int, str] | None]:
-        """Track JSON strings over ``text[pos:]``: (where to resume, (offset, tag) if a tag ends the block)."""
+        """Track JSON strings over ``text[pos:]``: (where to resume, (offset, tag) if a tag ends it)."""
         block = self._block
         while pos < len(text):
             if block.in_string:
-                match = _IN_STRING.search(text, pos)
-                if match is None:
-                    return len(text), None
-                at, char = match.start(), match.group()
-                if char == "\\":
-                    if at + 1 == len(text):
-                        return at, None
-                    pos = at + 2
-                elif char == '"':
-                    block.in_string, pos = False, at + 1
-                else:
-                    block.bad = True
-                    return len(text), None
+                pos, stop = self._skip_string(text, pos)
+                if stop:
+                    return pos, None
                 continue
             match = _OUT_OF_STRING.search(text, pos)
             if match is None:
@@ -374,6 +366,20 @@ class StreamParser:
                 return at, (at, tag)
             pos = at + 1
         return pos, None
+
+    def _skip_string(self, text: str, pos: int) -> tuple[int, bool]:
+        """Inside a JSON string: (where to go on, whether this text is done with)."""
+        match = _IN_STRING.search(text, pos)
+        if match is None:
+            return len(text), True
+        at, char = match.start(), match.group()
+        if char == '"':
+            self._block.in_string = False
+            return at + 1, False
+        if char == "\\":
+            return (at, True) if at + 1 == len(text) else (at + 2, False)
+        self._block.bad = True  # a raw newline: not JSON, so the string tracking cannot be trusted
+        return len(text), True
 
     def _end_block(self, text: str, pos: int, start: int, found: tuple[int, str]) -> tuple[str, int, int]:
         """The block ends at ``found`` in ``text``: decode it; the text mode goes on after the tag."""

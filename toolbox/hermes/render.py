@@ -8,6 +8,7 @@ calls, results, schemas) is escaped losslessly with ``neutralize_json``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -224,7 +225,9 @@ def _jsonable(value: Any) -> Any:
 
 def render_tool_turn(results: Iterable[ToolResult]) -> str:
     """One ``tool`` turn holding one ``<tool_response>`` per result, in call order."""
-    body = "".join(f"<tool_response>\n{tool_response_payload(result)}\n</tool_response>\n" for result in results)
+    body = "".join(
+        f"<tool_response>\n{tool_response_payload(result)}\n</tool_response>\n" for result in results
+    )
     return turn("tool", body)
 
 
@@ -310,8 +313,6 @@ def _result_from_dict(message: Mapping[str, Any], names: Mapping[str, str]) -> T
         raise RenderError("a tool message needs a 'name' or the 'tool_call_id' of an earlier call")
     content = message.get("content")
     if isinstance(content, str):
-        try:
+        with contextlib.suppress(ValueError):
             content = json.loads(content)
-        except ValueError:
-            pass
     return ToolResult(call_id=call_id, name=name, content=content)

@@ -35,7 +35,9 @@ def validate(call: ToolCall, spec: Specs) -> ToolError | None:
             type="unknown_tool",
             message=f"there is no tool named {call.name!r}; call one of the offered tools: {offered}",
         )
-    problems = sorted(_validator(json.dumps(found.parameters, sort_keys=True)).iter_errors(call.arguments), key=_order)
+    problems = sorted(
+        _validator(json.dumps(found.parameters, sort_keys=True)).iter_errors(call.arguments), key=_order
+    )
     if not problems:
         return None
     lines = [_describe(problem) for problem in problems[:_MAX_REPORTED]]
@@ -43,7 +45,8 @@ def validate(call: ToolCall, spec: Specs) -> ToolError | None:
         lines.append(f"... and {len(problems) - _MAX_REPORTED} more")
     return ToolError(
         type="invalid_arguments",
-        message=f"invalid arguments for {call.name!r}: " + "; ".join(lines)
+        message=f"invalid arguments for {call.name!r}: "
+        + "; ".join(lines)
         + f". Call {call.name!r} again with arguments that match its parameters schema.",
     )
 

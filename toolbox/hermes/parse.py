@@ -95,15 +95,8 @@ class ParsedTurn:
     text: str = ""
 
 
-class _Mode:
-    """States of the machine (plain ints: ``feed`` compares them once per chunk, so they must be cheap)."""
-
-    TEXT = 1
-    REASON = 2
-    OPEN = 3
-    BLOCK = 4
-    DONE = 5
-    FINISHED = 6
+# States of the machine: plain module-level ints, because ``feed`` compares one per chunk.
+_TEXT, _REASON, _OPEN, _BLOCK, _DONE, _FINISHED = range(1, 7)
 
 
 @dataclass
@@ -144,11 +137,12 @@ class StreamParser:
 
     def __init__(self, *, id_prefix: str = "call_") -> None:
         self._id_prefix = id_prefix
-        self._mode = _Mode.TEXT
+        self._mode = _TEXT
         self._hold = ""
         self._open_ws = ""
         self._block = _Block()
         self._unscanned: list[str] = []
+        self._push = self._unscanned.append  # bound once: the hot path of 1-character feeding
         self._events: list[StreamEvent] = []
         self._content: list[str] = []
         self._reasoning: list[str] = []
@@ -165,18 +159,18 @@ class StreamParser:
     @property
     def done(self) -> bool:
         """True once the turn has ended (a cut marker was read); further input is ignored."""
-        return self._mode >= _Mode.DONE
+        return self._mode >= _DONE
 
     def feed(self, chunk: str) -> list[StreamEvent]:
         """Read the next piece of output; returns what became known because of it."""
         mode = self._mode
-        if mode == _Mode.BLOCK:
-            self._unscanned.append(chunk)
+        if mode == _BLOCK:
+            self._push(chunk)
             if ">" not in chunk or not self._may_end_block():
                 # A block ends only at a tag: '<', a name, '>'. Until one can have arrived, scanning waits.
                 return []
             self._run_unscanned()
-        elif mode == _Mode.TEXT and "<" not in chunk:
+        elif mode == _TEXT and "<" not in chunk:
             if not chunk:
                 return []
             self._raw.append(chunk)
@@ -189,7 +183,7 @@ class StreamParser:
                 self._hold = held  # a tag is still arriving, one piece at a time
                 return []
             self._run(held, 0, self._fed - len(held))
-        elif mode >= _Mode.DONE or not chunk:
+        elif mode >= _DONE or not chunk:
             return []
         else:
             self._raw.append(chunk)
@@ -203,7 +197,7 @@ class StreamParser:
         if self._finished is None:
             self._close()
             self._finished = self._turn()
-            self._mode = _Mode.FINISHED
+            self._mode = _FINISHED
         return self._finished
 
     def drain(self) -> list[StreamEvent]:
@@ -216,8 +210,8 @@ class StreamParser:
     def _run(self, text: str, pos: int, start: int) -> None:
         """Process ``text`` (from ``pos``; text[0] is at global offset ``start``) until used up or held."""
         self._hold = ""
-        while self._mode != _Mode.DONE:
-            if self._mode == _Mode.BLOCK:
+        while self._mode != _DONE:
+            if self._mode == _BLOCK:
                 ended = self._scan_block(text, pos, start)
                 if ended is None:
                     return
@@ -225,9 +219,9 @@ class StreamParser:
                 continue
             if pos >= len(text):
                 return
-            if self._mode == _Mode.TEXT:
+            if self._mode == _TEXT:
                 pos = self._text(text, pos, start)
-            elif self._mode == _Mode.REASON:
+            elif self._mode == _REASON:
                 pos = self._reason(text, pos, start)
             else:
                 pos = self._open(text, pos, start)
@@ -248,9 +242,9 @@ class StreamParser:
             self._say("<")
             return lt + 1
         if tag == CALL_OPEN:
-            self._mode, self._open_ws = _Mode.OPEN, ""
+            self._mode, self._open_ws = _OPEN, ""
         elif tag == SCRATCH_OPEN:
-            self._mode = _Mode.REASON
+            self._mode = _REASON
         else:
             self._end_turn(tag, start + lt)
         return lt + len(tag)
@@ -269,7 +263,7 @@ class StreamParser:
             self._think("<")
             return lt + 1
         if tag == SCRATCH_CLOSE:
-            self._mode = _Mode.TEXT
+            self._mode = _TEXT
         else:
             self._end_turn(tag, start + lt)
         return lt + len(tag)
@@ -288,27 +282,33 @@ class StreamParser:
                 self._hold = text[pos:]
                 return len(text)
             if tag == CALL_CLOSE:
-                self._mode = _Mode.TEXT
+                self._mode = _TEXT
                 self._decode("", truncated=False)
                 return pos + len(CALL_CLOSE)
         if char in _CALL_START or char == "<" or "\n" in self._open_ws:
-            self._mode, self._block, self._block_start = _Mode.BLOCK, _Block(), start + pos
+            self._mode, self._block, self._block_start = _BLOCK, _Block(), start + pos
             return pos
-        self._mode = _Mode.TEXT
+        self._mode = _TEXT
         self._say(CALL_OPEN + self._open_ws)
         return pos
 
     def _may_end_block(self) -> bool:
-        """Whether the text since the last scan can hold a whole tag (a '<' before the new '>')."""
-        if "<" in self._block.carry:
+        """Whether the text since the last scan holds a whole block-ending tag.
+
+        A tag that ends the block ends in the newest chunk (an earlier one would have been scanned
+        already) and is at most ``_LONGEST_TAG`` characters long, so the last chunks hold all of it;
+        empty chunks can make that window short, and then we scan to be safe.
+        """
+        chunks = self._unscanned
+        recent = "".join(chunks[-_LONGEST_TAG:])
+        if len(chunks) > _LONGEST_TAG and len(recent) < _LONGEST_TAG + len(chunks[-1]):
             return True
-        tail = self._unscanned[-_LONGEST_TAG:]
-        return "<" in "".join(tail)
+        return _BLOCK_END.search(self._block.carry + recent) is not None
 
     def _run_unscanned(self) -> None:
         """Scan the chunks that arrived while a block was open (counted in ``_fed`` only now)."""
         text = "".join(self._unscanned)
-        self._unscanned = []
+        self._unscanned.clear()
         self._raw.append(text)
         self._fed += len(text)
         self._run(text, 0, self._fed - len(text))
@@ -386,13 +386,13 @@ class StreamParser:
         at, tag = found
         body = "".join(self._block.parts) + text[pos:at]
         self._decode(body, truncated=tag != CALL_CLOSE)
-        self._mode, self._block = _Mode.TEXT, _Block()
+        self._mode, self._block = _TEXT, _Block()
         return text, at + (len(tag) if tag == CALL_CLOSE else 0), start
 
     def _end_block_in(self, body: str, at: int, tag: str) -> tuple[str, int, int]:
         """The block ends at ``at`` in its own ``body``: decode it; what follows is text again."""
         self._decode(body[:at], truncated=tag != CALL_CLOSE)
-        self._mode, self._block = _Mode.TEXT, _Block()
+        self._mode, self._block = _TEXT, _Block()
         return body, at + (len(tag) if tag == CALL_CLOSE else 0), self._block_start
 
     def _decode(self, body: str, *, truncated: bool) -> None:
@@ -406,18 +406,18 @@ class StreamParser:
 
     def _close(self) -> None:
         """End of stream: settle whatever mode the machine is in (an unclosed block may hold more)."""
-        while self._mode not in (_Mode.DONE, _Mode.TEXT, _Mode.REASON):
-            if self._mode == _Mode.OPEN:
-                self._mode = _Mode.TEXT
+        while self._mode not in (_DONE, _TEXT, _REASON):
+            if self._mode == _OPEN:
+                self._mode = _TEXT
                 self._decode(self._hold, truncated=True)
                 self._hold = ""
             elif self._unscanned:
                 self._run_unscanned()  # text deferred until a '>' must be scanned first
             else:
                 self._close_block()
-        if self._mode == _Mode.TEXT:
+        if self._mode == _TEXT:
             self._say(self._hold)
-        elif self._mode == _Mode.REASON:
+        elif self._mode == _REASON:
             self._think(self._hold)
         self._hold = ""
 
@@ -426,13 +426,13 @@ class StreamParser:
         body = "".join(block.parts) + block.carry
         match = _BLOCK_END.search(body) if block.in_string or block.bad else None
         if match is None:
-            self._mode, self._block = _Mode.TEXT, _Block()
+            self._mode, self._block = _TEXT, _Block()
             self._decode(body, truncated=True)
             return
         self._run(*self._end_block_in(body, match.start(), match.group()))
 
     def _end_turn(self, marker: str, at: int) -> None:
-        self._mode = _Mode.DONE
+        self._mode = _DONE
         self._stop, self._stop_at = marker, at
         self._events.append(TurnEnded(marker))
 

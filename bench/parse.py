@@ -33,7 +33,8 @@ def model_output(size: int) -> str:
             "tags": ["a", "b", "日本"],
             "code": "if a > b:\n    print('</tool_call>')",
         }
-        part = f"Step {n}: checking.\n<tool_call>\n{json.dumps({'name': 'search', 'arguments': arguments})}\n</tool_call>\n"
+        call = json.dumps({"name": "search", "arguments": arguments})
+        part = f"Step {n}: checking.\n<tool_call>\n{call}\n</tool_call>\n"
         parts.append(part)
         total += len(part)
         n += 1

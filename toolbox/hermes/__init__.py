@@ -11,18 +11,17 @@ The public contract other parts rely on:
 """
 
 from toolbox.hermes.decode import ParseError
-from toolbox.hermes.jsonmode import JsonAnswer, check_json_answer, render_json_mode
-from toolbox.hermes.parse import (
+from toolbox.hermes.events import (
     ContentDelta,
     ParsedTurn,
     ReasoningDelta,
     StreamEvent,
-    StreamParser,
     ToolCallFailed,
     ToolCallReady,
     TurnEnded,
-    parse,
 )
+from toolbox.hermes.jsonmode import JsonAnswer, check_json_answer, render_json_mode
+from toolbox.hermes.parse import StreamParser, parse
 from toolbox.hermes.render import (
     STYLES,
     assistant_turn,

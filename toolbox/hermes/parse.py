@@ -24,9 +24,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TypeAlias
 
 from toolbox.hermes.decode import ParseError, decode_block, number_calls
+from toolbox.hermes.events import (
+    ContentDelta,
+    ParsedTurn,
+    ReasoningDelta,
+    StreamEvent,
+    ToolCallFailed,
+    ToolCallReady,
+    TurnEnded,
+)
 from toolbox.hermes.tokens import (
     CALL_CLOSE,
     CALL_OPEN,
@@ -47,52 +55,6 @@ _IN_STRING = re.compile(r'["\\\n]')
 _OUT_OF_STRING = re.compile(r'["<]')
 _CALL_START = frozenset("{[`'\"")
 _LONGEST_TAG = max(len(tag) for tag in _BLOCK_TAGS)
-
-
-@dataclass(slots=True)
-class ContentDelta:
-    text: str
-
-
-@dataclass(slots=True)
-class ReasoningDelta:
-    text: str
-
-
-@dataclass(slots=True)
-class ToolCallReady:
-    """A complete, well-formed call: it can be dispatched now, while the model goes on generating."""
-
-    call: ToolCall
-
-
-@dataclass(slots=True)
-class ToolCallFailed:
-    """A broken block; the error goes back to the model, the other calls still run."""
-
-    error: ParseError
-
-
-@dataclass(slots=True)
-class TurnEnded:
-    """The model wrote a marker that ends its turn; the caller should stop generating."""
-
-    marker: str
-
-
-StreamEvent: TypeAlias = ContentDelta | ReasoningDelta | ToolCallReady | ToolCallFailed | TurnEnded
-
-
-@dataclass(frozen=True)
-class ParsedTurn:
-    """One assistant turn, read. ``text`` is the raw output up to ``stop`` (the whole output if none)."""
-
-    content: str
-    tool_calls: list[ToolCall]
-    errors: list[ParseError]
-    reasoning: str = ""
-    stop: str | None = None
-    text: str = ""
 
 
 # States of the machine: plain module-level ints, because ``feed`` compares one per chunk.

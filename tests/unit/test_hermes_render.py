@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from deploy.commands.demo import get_current_temperature  # the model cards' example tool
 from toolbox.errors import RenderError
 from toolbox.hermes import (
     check_json_answer,
@@ -30,20 +31,6 @@ from toolbox.protocol import (
     UserMessage,
 )
 from toolbox.schema import tool_spec
-
-
-def get_current_temperature(location: str, unit: str) -> float:
-    """
-    Get the current temperature at a location.
-
-    Args:
-        location: The location to get the temperature for, in the format "City, Country"
-        unit: The unit to return the temperature in. (choices: ["celsius", "fahrenheit"])
-    Returns:
-        The current temperature at the specified location in the specified units, as a float.
-    """
-    return 22.0
-
 
 EXPECTED_SYSTEM = (
     "<|im_start|>system\n"

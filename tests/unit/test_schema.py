@@ -8,22 +8,10 @@ from typing import Any, Literal, Optional
 import pytest
 from pydantic import BaseModel
 
+from deploy.commands.demo import get_current_temperature  # the model cards' example tool
 from toolbox.errors import SchemaError
 from toolbox.protocol import ToolSpec
 from toolbox.schema import parse_docstring, tool_spec
-
-
-def get_current_temperature(location: str, unit: str) -> float:
-    """
-    Get the current temperature at a location.
-
-    Args:
-        location: The location to get the temperature for, in the format "City, Country"
-        unit: The unit to return the temperature in. (choices: ["celsius", "fahrenheit"])
-    Returns:
-        The current temperature at the specified location in the specified units, as a float.
-    """
-    return 22.0
 
 
 def test_the_model_cards_example_exactly() -> None:

@@ -181,51 +181,30 @@ class StreamParser:
                 continue
             if pos >= len(text):
                 return
-            if self._mode == _TEXT:
-                pos = self._text(text, pos, start)
-            elif self._mode == _REASON:
-                pos = self._reason(text, pos, start)
-            else:
-                pos = self._open(text, pos, start)
+            step = self._open if self._mode == _OPEN else self._prose
+            pos = step(text, pos, start)
             if self._hold:
                 return
 
-    def _text(self, text: str, pos: int, start: int) -> int:
+    def _prose(self, text: str, pos: int, start: int) -> int:
+        """Outside a block: content (or, in a scratch pad, reasoning) up to the next tag."""
+        tags, emit = (_TEXT_TAGS, self._say) if self._mode == _TEXT else (_REASON_TAGS, self._think)
         lt = text.find("<", pos)
         if lt < 0:
-            self._say(text[pos:])
+            emit(text[pos:])
             return len(text)
-        self._say(text[pos:lt])
-        tag = _tag_at(text, lt, _TEXT_TAGS)
+        emit(text[pos:lt])
+        tag = _tag_at(text, lt, tags)
         if tag == "":
             self._hold = text[lt:]
             return len(text)
         if tag is None:
-            self._say("<")
+            emit("<")
             return lt + 1
         if tag == CALL_OPEN:
             self._mode, self._open_ws = _OPEN, ""
-        elif tag == SCRATCH_OPEN:
-            self._mode = _REASON
-        else:
-            self._end_turn(tag, start + lt)
-        return lt + len(tag)
-
-    def _reason(self, text: str, pos: int, start: int) -> int:
-        lt = text.find("<", pos)
-        if lt < 0:
-            self._think(text[pos:])
-            return len(text)
-        self._think(text[pos:lt])
-        tag = _tag_at(text, lt, _REASON_TAGS)
-        if tag == "":
-            self._hold = text[lt:]
-            return len(text)
-        if tag is None:
-            self._think("<")
-            return lt + 1
-        if tag == SCRATCH_CLOSE:
-            self._mode = _TEXT
+        elif tag in (SCRATCH_OPEN, SCRATCH_CLOSE):
+            self._mode = _REASON if tag == SCRATCH_OPEN else _TEXT
         else:
             self._end_turn(tag, start + lt)
         return lt + len(tag)

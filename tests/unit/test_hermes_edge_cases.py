@@ -349,8 +349,11 @@ def test_raw_of_a_broken_block_is_capped() -> None:
 
 def test_deep_nesting_is_an_error_not_a_crash() -> None:
     deep = "[" * 100_000 + "]" * 100_000
-    result = parse(f'<tool_call>{{"name": "f", "arguments": {{"x": {deep}}}}}</tool_call>')
-    assert result.tool_calls == [] or result.tool_calls[0].name == "f"
+    result = parse(f'<tool_call>{{"name": "f", "arguments": {{"x": {deep}}}}}</tool_call>' + CALL_A)
+    assert [call.name for call in result.tool_calls] == ["a"]
+    assert [(error.type, error.message) for error in result.errors] == [
+        ("invalid_json", "the JSON is nested too deeply; flatten the arguments")
+    ]
     single_quoted = "{'name': 'f', 'arguments': {'x': " + "[" * 50_000 + "]" * 50_000 + "}}"
     result = parse(f"<tool_call>{single_quoted}</tool_call>")
     assert [error.type for error in result.errors] == ["invalid_json"]

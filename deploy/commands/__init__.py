@@ -7,9 +7,9 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from deploy.commands import demo
+from deploy.commands import demo, presets
 
 Register = Callable[["argparse._SubParsersAction[Any]"], None]
 
 #: Every command group, in the order ``caduceus --help`` lists them.
-COMMANDS: list[Register] = [demo.register]
+COMMANDS: list[Register] = [demo.register, presets.register]

@@ -1,0 +1,131 @@
+"""The service configuration: one YAML or JSON document, validated by pydantic.
+
+This is exactly the ``args`` document that a RayService's ``serveConfigV2`` passes to
+``deploy.app:build_app`` (the Helm chart renders it from its values; ``helm/caduceus/README.md`` documents
+each field). Every field has a default suited to a local single-machine run, so ``{}`` is a valid
+document. Unknown fields are refused, and every error names the field it is about::
+
+    models.0.preset: Input should be 'hermes-3-405b', ... (got 'gpt-5')
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PresetName = Literal[
+    "hermes-3-405b",
+    "hermes-3-405b-bf16",
+    "hermes-2-theta-70b",
+    "hermes-2-theta-70b-tp4",
+    "hermes-2-pro-8b",
+    "hermes-3-3b",
+]
+
+
+class ConfigError(ValueError):
+    """The configuration document is invalid; the message names each bad field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Replicas(_Strict):
+    min: int = Field(1, ge=0)
+    max: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Replicas:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is larger than max ({self.max})")
+        return self
+
+
+class ApiConfig(_Strict):
+    ray_resource: str = Field("caduceus-api", min_length=1)
+
+
+class ModelConfig(_Strict):
+    preset: PresetName
+    replicas: Replicas = Replicas()
+    max_ongoing_requests: int = Field(64, ge=1)
+    ray_resource: str = Field("caduceus-gpu", min_length=1)
+
+
+class OrchestratorConfig(_Strict):
+    replicas: Replicas = Replicas()
+    max_concurrent_runs: int = Field(64, ge=1)
+    ray_resource: str = Field("caduceus-orchestrator", min_length=1)
+
+
+class ToolWorkersConfig(_Strict):
+    replicas: Replicas = Replicas()
+    max_concurrent_calls: int = Field(16, ge=1)
+    ray_resource: str = Field("caduceus-tools", min_length=1)
+
+
+class RedisConfig(_Strict):
+    url_env: str = Field("REDIS_URL", min_length=1)
+    password_env: str | None = Field(None, min_length=1)
+
+
+class ServiceConfig(_Strict):
+    api: ApiConfig = ApiConfig()
+    models: list[ModelConfig] = Field(
+        default_factory=lambda: [ModelConfig(preset="hermes-3-3b")], min_length=1
+    )
+    orchestrator: OrchestratorConfig = OrchestratorConfig()
+    tool_workers: ToolWorkersConfig = ToolWorkersConfig()
+    redis: RedisConfig = RedisConfig()
+    api_keys_env: str = Field("CADUCEUS_API_KEYS", min_length=1)
+    otlp_endpoint: str | None = Field(None, min_length=1)
+    model_cache_dir: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct_models(self) -> ServiceConfig:
+        names = [model.preset for model in self.models]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"each preset may be listed once; repeated: {', '.join(duplicates)}")
+        return self
+
+
+def load_config(document: str | bytes | dict[str, Any] | None, *, source: str = "config") -> ServiceConfig:
+    """Validate a configuration given as a mapping, or as YAML/JSON text (JSON is YAML)."""
+    data: Any = document
+    if isinstance(document, str | bytes):
+        try:
+            data = yaml.safe_load(document)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML or JSON: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the configuration must be a mapping, not {type(data).__name__}")
+    try:
+        return ServiceConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(source, exc)) from None
+
+
+def load_config_file(path: str | Path) -> ServiceConfig:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read the configuration: {exc.strerror}") from exc
+    return load_config(text, source=str(file))
+
+
+def _describe(source: str, exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(document)"
+        got = f" (got {json.dumps(error['input'], default=str)[:80]})" if error["type"] != "missing" else ""
+        lines.append(f"{where}: {error['msg']}{got}")
+    return f"{source}: invalid configuration:\n  " + "\n  ".join(lines)

@@ -8,8 +8,8 @@ document is what vLLM's structured outputs take (``structured_outputs={"structur
 
 Inside constrained arguments, strings may not contain the format's own tags and turn markers (a small
 model otherwise writes ``</tool_call>`` into an unclosed string), and whitespace runs are at most one
-character. Only the name-first call style can be constrained: the tool is chosen by the text that opens the block,
-and in the arguments-first style every block opens the same way.
+character. Only the name-first call style can be constrained: the tool is chosen by the text that
+opens the block, and in the arguments-first style every block opens the same way.
 """
 
 from __future__ import annotations

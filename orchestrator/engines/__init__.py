@@ -1,0 +1,5 @@
+"""Chat engines behind the ``ChatEngine`` port: scripted (tests, load benchmarks) and OpenAI-compatible."""
+
+from orchestrator.engines.scripted import Latency, ScriptedEngine
+
+__all__ = ["Latency", "ScriptedEngine"]

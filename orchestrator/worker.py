@@ -67,6 +67,8 @@ class Worker:
         if status in ("finished", "failed", "missing"):
             await self._queue.done(claim)
             return
+        if ckpt.step > 0:
+            await self._store.emit(spec, "resumed", {"worker": self._store.worker, "step": ckpt.step})
         cancel = asyncio.Event()
         task = asyncio.create_task(self._run(claim, spec, ckpt, cancel))
         self._active[claim.entry] = _Active(claim, task, cancel)

@@ -50,14 +50,13 @@ class Worker:
         if room <= 0:
             await asyncio.sleep(0.05)
             return
-        claims = await self._queue.claim_stale(room)
-        if len(claims) < room:
-            claims += await self._queue.take(room - len(claims), block_ms=100)
-        for claim in claims:
+        stale = await self._queue.claim_stale(room)
+        fresh = await self._queue.take(room - len(stale), block_ms=100) if len(stale) < room else []
+        for claim in stale + fresh:
             if claim.entry not in self._active:
-                await self._start(claim)
+                await self._start(claim, taken_over=claim in stale)
 
-    async def _start(self, claim: Claim) -> None:
+    async def _start(self, claim: Claim, *, taken_over: bool) -> None:
         if not await self._queue.acquire(claim):
             return  # a live worker holds this run
         try:
@@ -67,7 +66,7 @@ class Worker:
         if status in ("finished", "failed", "missing"):
             await self._queue.done(claim)
             return
-        if ckpt.step > 0:
+        if taken_over:
             await self._store.emit(spec, "resumed", {"worker": self._store.worker, "step": ckpt.step})
         cancel = asyncio.Event()
         task = asyncio.create_task(self._run(claim, spec, ckpt, cancel))

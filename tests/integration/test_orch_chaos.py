@@ -14,7 +14,7 @@ CHAOS = Path(__file__).resolve().parents[2] / "bench" / "chaos.py"
 
 
 def test_runs_survive_sigkilled_workers(redis_url: str) -> None:
-    command = [sys.executable, str(CHAOS), "--redis", redis_url, "--runs", "10", "--steps", "3"]
+    command = [sys.executable, str(CHAOS), "--redis", redis_url, "--runs", "10", "--steps", "4"]
     command += ["--workers", "3", "--kills", "5", "--seed", "7", "--timeout", "120"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=200, check=False)
     assert done.returncode == 0, done.stderr[-3000:]

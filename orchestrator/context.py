@@ -83,3 +83,11 @@ def fit(counter: TokenCounter, prefix: str, turns: Sequence[str], window_start: 
         if tokens <= room:
             return Fit(drop, tokens)
     return Fit(None, total)
+
+
+def halve(turns: Sequence[str]) -> int | None:
+    """How many turns to drop to halve the window (never leaving a ``tool`` turn first), or ``None``."""
+    for drop in range(max(1, len(turns) // 2), len(turns)):
+        if not turns[drop].startswith(_TOOL_TURN):
+            return drop
+    return None

@@ -22,6 +22,7 @@ from opentelemetry.trace import Span
 
 from orchestrator import context
 from orchestrator.calls import Dispatch, Runner
+from orchestrator.errors import ContextOverflowError
 from orchestrator.ports import (
     ChatEngine,
     Checkpoint,
@@ -49,7 +50,7 @@ from toolbox.protocol import AssistantMessage, ToolResult
 
 @dataclass(frozen=True)
 class Continue:
-    commit: StepCommit
+    commit: StepCommit | None
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,16 @@ class Agent:
         if fitted.drop:
             await self._compact(spec, ckpt, fitted.drop)
         prompt = context.render(spec.prefix, ckpt.turns, ckpt.window_start)
-        return self._decide(spec, ckpt, await self._model_turn(spec, ckpt, prompt, max_tokens, fitted.drop))
+        try:
+            out = await self._model_turn(spec, ckpt, prompt, max_tokens, fitted.drop)
+        except ContextOverflowError:
+            # Our count was below the engine's (an estimate, or a different tokenizer): drop more, retry.
+            drop = context.halve(ckpt.turns)
+            if drop is None:
+                return Stop("context_overflow")
+            await self._compact(spec, ckpt, drop)
+            return Continue(None)
+        return self._decide(spec, ckpt, out)
 
     async def _compact(self, spec: RunSpec, ckpt: Checkpoint, drop: int) -> None:
         del ckpt.turns[:drop]

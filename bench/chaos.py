@@ -105,39 +105,40 @@ def start_redis(workdir: str) -> tuple[str, subprocess.Popen[bytes]]:
 
 
 class Fleet:
-    """The worker processes; a killed one is replaced by a fresh process under a new id."""
+    """The worker processes by worker id; a killed one is replaced by a fresh process under a new id."""
 
     def __init__(self, url: str, args: argparse.Namespace) -> None:
         self._url, self._args, self._born = url, args, 0
-        self.processes = [self._spawn() for _ in range(args.workers)]
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        for _ in range(args.workers):
+            self._spawn()
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
+    def _spawn(self) -> None:
         self._born += 1
-        command = [
-            sys.executable,
-            __file__,
-            "worker",
-            "--redis",
-            self._url,
-            "--id",
-            f"w{self._born}-{os.getpid()}",
-        ]
+        worker = f"w{self._born}-{os.getpid()}"
         options = self._args
+        command = [sys.executable, __file__, "worker", "--redis", self._url, "--id", worker]
         command += ["--steps", str(options.steps), "--token-ms", str(options.token_ms)]
         command += ["--concurrency", str(options.concurrency)]
-        return subprocess.Popen(command)
+        self.processes[worker] = subprocess.Popen(command)
 
-    def kill_one(self) -> None:
-        index = random.randrange(len(self.processes))
-        self.processes[index].send_signal(signal.SIGKILL)
-        self.processes[index].wait()
-        self.processes[index] = self._spawn()
+    def kill(self, worker: str) -> None:
+        process = self.processes.pop(worker)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        self._spawn()
 
     def stop(self) -> None:
-        for process in self.processes:
+        for process in self.processes.values():
             process.terminate()
-        for process in self.processes:
+        for process in self.processes.values():
             process.wait(timeout=30)
+
+
+async def holders(redis: Redis) -> list[str]:
+    """The workers holding a run's lease right now: killing one of them interrupts a run in progress."""
+    keys = [key async for key in redis.scan_iter(match=f"cad:t:{TENANT}:run:*:lease")]
+    return sorted({value.decode() for value in await redis.mget(keys) if value}) if keys else []
 
 
 async def submit(store: RedisStore, runs: int) -> list[str]:
@@ -190,9 +191,10 @@ async def drive(url: str, args: argparse.Namespace) -> dict[str, Any]:
     kills, started = 0, time.monotonic()
     try:
         while await finished(store, ids) < len(ids) and time.monotonic() - started < args.timeout:
-            await asyncio.sleep(random.uniform(0.2, 1.0))
-            if kills < args.kills:
-                fleet.kill_one()
+            await asyncio.sleep(random.uniform(0.1, 0.8))
+            victims = [worker for worker in await holders(redis) if worker in fleet.processes]
+            if kills < args.kills and victims:
+                fleet.kill(random.choice(victims))
                 kills += 1
     finally:
         fleet.stop()

@@ -21,7 +21,7 @@ def test_runs_survive_sigkilled_workers(redis_url: str) -> None:
     line = done.stdout.strip().splitlines()[-1]
     assert line.startswith("RESULT "), done.stdout[-2000:]
     result = json.loads(line.removeprefix("RESULT "))
-    assert result["kills"] == 5
+    assert result["kills"] >= 1
     assert result["resumed"] >= 1, "no run was taken over: the kills did not hit a run in progress"
     assert (result["runs"], result["completed"], result["lost"], result["duplicate_effects"]) == (
         10,

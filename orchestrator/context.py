@@ -44,6 +44,22 @@ class EncoderCounter:
         return len(self._encode(text))
 
 
+class CachedCounter:
+    """Remembers the counts of recent texts: each step re-counts the whole window, whose turns repeat."""
+
+    def __init__(self, counter: TokenCounter, size: int = 65536) -> None:
+        self._counter, self._size = counter, size
+        self._counts: dict[str, int] = {}
+
+    def count(self, text: str) -> int:
+        found = self._counts.get(text)
+        if found is None:
+            if len(self._counts) >= self._size:
+                self._counts.clear()
+            found = self._counts[text] = self._counter.count(text)
+        return found
+
+
 def omitted_note(count: int) -> str:
     """The system turn that stands in for ``count`` dropped turns (rendered from the count alone, so a
     resumed run renders the same bytes)."""

@@ -98,6 +98,7 @@ class Agent:
     ) -> None:
         self._engine, self._executor, self._store = engine, executor, store
         self._counter = counter or context.EstimateCounter()
+        self._turn_counter = context.CachedCounter(self._counter)  # turns repeat in every prompt
         self._tracing = tracing or Tracing()
         self._clock = clock
 
@@ -127,25 +128,27 @@ class Agent:
         """The step, unless the deadline passes or the run is cancelled first (then the step is stopped
         wherever it is: mid-generation or mid-tool; what it did is not committed)."""
         task = asyncio.ensure_future(step)
-        waiter = asyncio.ensure_future((cancel or asyncio.Event()).wait())
+        waiters = {task} if cancel is None else {task, asyncio.ensure_future(cancel.wait())}
         try:
-            await asyncio.wait(
-                {task, waiter}, timeout=ckpt.deadline - self._clock(), return_when="FIRST_COMPLETED"
-            )
+            await asyncio.wait(waiters, timeout=ckpt.deadline - self._clock(), return_when="FIRST_COMPLETED")
         finally:
-            waiter.cancel()
-            if not task.done():
-                task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await task
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await waiter
         if task.cancelled():
-            return Stop("cancelled" if waiter.done() and not waiter.cancelled() else "deadline")
+            return Stop("cancelled" if cancel is not None and cancel.is_set() else "deadline")
         return task.result()
 
     async def _step(self, spec: RunSpec, ckpt: Checkpoint) -> Next:
         max_tokens = min(spec.limits.max_tokens, spec.limits.token_budget - ckpt.tokens)
         fitted = context.fit(
-            self._counter, spec.prefix, ckpt.turns, ckpt.window_start, spec.limits.context_window - max_tokens
+            self._turn_counter,
+            spec.prefix,
+            ckpt.turns,
+            ckpt.window_start,
+            spec.limits.context_window - max_tokens,
         )
         if fitted.drop is None:
             return Stop("context_overflow")

@@ -26,6 +26,7 @@ worker that took the run over. ``commit`` also checks the step number, so a step
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from dataclasses import dataclass
@@ -33,9 +34,11 @@ from typing import Any
 
 from pydantic import TypeAdapter
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
+from orchestrator import redis_scripts as lua
 from orchestrator.errors import LeaseLostError, RunNotFoundError, StoreError
 from orchestrator.ports import Checkpoint, Interrupted, Outcome, RunSpec, StepCommit
 from orchestrator.runs import user_turn
@@ -48,45 +51,6 @@ EVENTS_MAXLEN = 10_000
 _ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _SPEC: TypeAdapter[RunSpec] = TypeAdapter(RunSpec)
 _STARTED = b'{"state":"started"}'
-
-# KEYS: run, thread, steps, events, repeats, lease, ledger.
-# ARGV: worker (or "" for no fencing), step, window_start, d_prompt, d_completion, json_retries, record,
-#       ttl, maxlen, number of turns, the turns..., then signature/count pairs.
-_COMMIT = """
-if ARGV[1] ~= '' and redis.call('GET', KEYS[6]) ~= ARGV[1] then return 0 end
-local step = tonumber(ARGV[2])
-if tonumber(redis.call('HGET', KEYS[1], 'step') or '0') ~= step then return -1 end
-local n = tonumber(ARGV[10])
-for i = 11, 10 + n do redis.call('RPUSH', KEYS[2], ARGV[i]) end
-for i = 11 + n, #ARGV, 2 do redis.call('HINCRBY', KEYS[5], ARGV[i], ARGV[i + 1]) end
-redis.call('HSET', KEYS[1], 'step', step + 1, 'window_start', ARGV[3], 'json_retries', ARGV[6])
-redis.call('HINCRBY', KEYS[1], 'prompt_tokens', ARGV[4])
-redis.call('HINCRBY', KEYS[1], 'completion_tokens', ARGV[5])
-redis.call('RPUSH', KEYS[3], ARGV[7])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*', 'kind', 'step', 'data', ARGV[7])
-for i = 1, 7 do if i ~= 6 then redis.call('EXPIRE', KEYS[i], ARGV[8]) end end
-return 1
-"""
-
-# KEYS: run, events, lease. ARGV: worker, outcome fields JSON, event data, maxlen.
-_FINISH = """
-if ARGV[1] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
-local fields = cjson.decode(ARGV[2])
-for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'kind', 'finished', 'data', ARGV[3])
-return 1
-"""
-
-# KEYS: lease. ARGV: worker, lease ms. Renew only a lease we hold.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 def _check_id(kind: str, value: str) -> str:
@@ -146,6 +110,56 @@ def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else (value or "")
 
 
+class _Batcher:
+    """Group commit: the scripts that concurrent runs call in the same event-loop tick go to Redis in one
+    pipeline. Each script is still atomic on its own and each caller still waits for its own reply, so
+    nothing is acknowledged before Redis has applied it; many runs just share the round trip."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._pending: list[tuple[AsyncScript, list[str], list[EncodableT], asyncio.Future[Any]]] = []
+
+    async def run(self, script: AsyncScript, keys: list[str], args: list[EncodableT]) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append((script, keys, args, future))
+        return await future
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._send(batch))
+        _IN_FLIGHT.add(task)
+        task.add_done_callback(_IN_FLIGHT.discard)
+
+    async def _send(
+        self, batch: list[tuple[AsyncScript, list[str], list[EncodableT], asyncio.Future[Any]]]
+    ) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for script, keys, args, _ in batch:
+                    await script(keys=keys, args=args, client=pipe)
+                replies = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:  # the connection failed: every caller in the batch hears of it
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(StoreError(f"redis: {type(exc).__name__}: {exc}"))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for (*_, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue  # its caller was cancelled; the write itself went through
+            if isinstance(reply, Exception):
+                future.set_exception(StoreError(f"redis: {reply}"))
+            else:
+                future.set_result(reply)
+
+
+# Flush tasks are kept referenced until done, so that the event loop cannot drop one half-way.
+_IN_FLIGHT: set[asyncio.Task[None]] = set()
+
+
 class RedisStore:
     """The ``RunStore`` on Redis, plus what submitters, readers and workers need around it.
 
@@ -157,10 +171,13 @@ class RedisStore:
         self.redis = redis
         self.worker = worker
         self._ttl = ttl_s
-        self._commit = redis.register_script(_COMMIT)
-        self._finish = redis.register_script(_FINISH)
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
+        self._batch = _Batcher(redis)
+        self._commit = redis.register_script(lua.COMMIT)
+        self._finish = redis.register_script(lua.FINISH)
+        self._renew = redis.register_script(lua.RENEW)
+        self._release = redis.register_script(lua.RELEASE)
+        self._begin = redis.register_script(lua.BEGIN_CALL)
+        self._end = redis.register_script(lua.END_CALL)
 
     # -- the RunStore port -----------------------------------------------------------------------
 
@@ -181,7 +198,7 @@ class RedisStore:
             *step.turns,
             *pairs,
         ]
-        done = await self._commit(keys=keys.for_commit(), args=args)
+        done = await self._batch.run(self._commit, keys.for_commit(), args)
         if done == 0:
             raise LeaseLostError(f"run {spec.run_id}: lease lost before step {step.step} was committed")
         if done == -1:
@@ -191,11 +208,10 @@ class RedisStore:
         self, spec: RunSpec, step: int, index: int, call: ToolCall
     ) -> ToolResult | Interrupted | None:
         key, field = Keys.of(spec.tenant, spec.run_id).ledger, f"{step}:{index}"
-        if await self.redis.hsetnx(key, field, _STARTED):
-            await self.redis.expire(key, self._ttl)
+        found = await self._batch.run(self._begin, [key], [field, self._ttl])
+        if found is None:
             return None
-        found = await self.redis.hget(key, field)
-        if found is None or found == _STARTED:
+        if found == _STARTED:
             return Interrupted(call)
         result = from_json(found)
         if not isinstance(result, ToolResult):
@@ -205,10 +221,8 @@ class RedisStore:
     async def end_call(self, spec: RunSpec, step: int, index: int, result: ToolResult) -> None:
         keys = Keys.of(spec.tenant, spec.run_id)
         data = {"step": step, "index": index, "call_id": result.call_id, "name": result.name, "ok": result.ok}
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.ledger, f"{step}:{index}", to_json(result))
-            pipe.xadd(keys.events, _event("tool_result", data), maxlen=EVENTS_MAXLEN, approximate=True)
-            await pipe.execute()
+        args: list[EncodableT] = [f"{step}:{index}", to_json(result), json.dumps(data), EVENTS_MAXLEN]
+        await self._batch.run(self._end, [keys.ledger, keys.events], args)
 
     async def emit(self, spec: RunSpec, kind: str, data: dict[str, Any]) -> None:
         keys = Keys.of(spec.tenant, spec.run_id)
@@ -224,7 +238,7 @@ class RedisStore:
         }
         data = json.dumps({"stop_reason": outcome.stop_reason, "steps": outcome.steps})
         args: list[EncodableT] = [self.worker, json.dumps(fields), data, EVENTS_MAXLEN]
-        if not await self._finish(keys=[keys.run, keys.events, keys.lease], args=args):
+        if not await self._batch.run(self._finish, [keys.run, keys.events, keys.lease], args):
             raise LeaseLostError(f"run {spec.run_id}: lease lost before it finished")
 
     async def fail(self, spec: RunSpec, error: str) -> None:

@@ -79,7 +79,8 @@ class ScriptedEngine:
         for piece in pieces:
             yield Chunk(text=piece)
             # A zero-latency engine still yields to the event loop, as a network stream would.
-            await asyncio.sleep(self._latency.per_token_s)
+            if self._latency.per_token_s:
+                await asyncio.sleep(self._latency.per_token_s)
         prompt_tokens = len(request.prompt) // 4 + 1  # cheap: the prompt can be long
         yield Chunk(finish_reason=finish, prompt_tokens=prompt_tokens, completion_tokens=len(pieces))
 

@@ -66,8 +66,9 @@ def test_answer_after_a_tool_call_with_append_only_prompts() -> None:
 
 def test_calls_run_while_the_model_is_still_generating() -> None:
     long_tail = " and some more words" * 20
+    # A small per-token time makes the engine yield between tokens, as a network stream does.
     agent, engine, executor, _, spec, ckpt = setup(
-        [call("add", a=1, b=1) + long_tail + call("add", a=2, b=2), "done"]
+        [call("add", a=1, b=1) + long_tail + call("add", a=2, b=2), "done"], latency=Latency(per_token_s=1e-4)
     )
     order: list[str] = []
     original = engine.stream

@@ -27,6 +27,7 @@ worker that took the run over. ``commit`` also checks the step number, so a step
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ class Keys:
     cancel: str
 
     @classmethod
+    @functools.lru_cache(maxsize=4096)  # ids are validated and keys built once per run, not per write
     def of(cls, tenant: str, run_id: str, thread_id: str = "") -> Keys:
         base = f"cad:t:{_check_id('tenant', tenant)}:"
         run = f"{base}run:{_check_id('run', run_id)}"

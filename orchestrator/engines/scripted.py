@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from orchestrator.errors import ScriptError
 from orchestrator.ports import Chunk, CompletionRequest
 
-# Roughly how BPE tokenizers cut text: a leading space with a word, a run of digits, or one other char.
-_TOKEN = re.compile(r" ?[A-Za-z]+| ?[0-9]{1,3}|\s+|.", re.DOTALL)
+# Roughly how a Hermes tokenizer cuts text: the ChatML and Hermes tags are single special tokens; then a
+# leading space with a word, up to three digits, a run of whitespace, or up to three punctuation marks.
+_SPECIAL = r"<\|im_(?:start|end)\|>|</?(?:tool_call|tool_response|tools|scratch_pad|schema)>"
+_TOKEN = re.compile(_SPECIAL + r"| ?[A-Za-z]+| ?[0-9]{1,3}|\s+|[^\sA-Za-z0-9]{1,3}", re.DOTALL)
 
 Script = Sequence[str] | Callable[[str], str]
 

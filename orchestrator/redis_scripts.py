@@ -13,7 +13,8 @@ if tonumber(redis.call('HGET', KEYS[1], 'step') or '0') ~= step then return -1 e
 local n = tonumber(ARGV[10])
 for i = 11, 10 + n do redis.call('RPUSH', KEYS[2], ARGV[i]) end
 for i = 11 + n, #ARGV, 2 do redis.call('HINCRBY', KEYS[5], ARGV[i], ARGV[i + 1]) end
-redis.call('HSET', KEYS[1], 'step', step + 1, 'window_start', ARGV[3], 'json_retries', ARGV[6], 'status', 'running')
+redis.call('HSET', KEYS[1], 'step', step + 1, 'window_start', ARGV[3], 'json_retries', ARGV[6])
+redis.call('HSET', KEYS[1], 'status', 'running')
 redis.call('HINCRBY', KEYS[1], 'prompt_tokens', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'completion_tokens', ARGV[5])
 redis.call('RPUSH', KEYS[3], ARGV[7])

@@ -31,12 +31,12 @@ import functools
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from pydantic import TypeAdapter
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.typing import EncodableT, FieldT
 
 from orchestrator import redis_scripts as lua
@@ -112,6 +112,9 @@ def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else (value or "")
 
 
+_Pending: TypeAlias = tuple[AsyncScript, list[str], list[EncodableT], "asyncio.Future[Any]"]
+
+
 class _Batcher:
     """Group commit: the scripts that concurrent runs call in the same event-loop tick go to Redis in one
     pipeline. Each script is still atomic on its own and each caller still waits for its own reply, so
@@ -119,7 +122,7 @@ class _Batcher:
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._pending: list[tuple[AsyncScript, list[str], list[EncodableT], asyncio.Future[Any]]] = []
+        self._pending: list[_Pending] = []
 
     async def run(self, script: AsyncScript, keys: list[str], args: list[EncodableT]) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -134,14 +137,12 @@ class _Batcher:
         _IN_FLIGHT.add(task)
         task.add_done_callback(_IN_FLIGHT.discard)
 
-    async def _send(
-        self, batch: list[tuple[AsyncScript, list[str], list[EncodableT], asyncio.Future[Any]]]
-    ) -> None:
+    async def _send(self, batch: list[_Pending]) -> None:
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for script, keys, args, _ in batch:
-                    await script(keys=keys, args=args, client=pipe)
-                replies = await pipe.execute(raise_on_error=False)
+            replies = await self._execute(batch)
+            missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:
+                await self._retry(batch, missing, replies)
         except BaseException as exc:  # the connection failed: every caller in the batch hears of it
             for *_, future in batch:
                 if not future.done():
@@ -156,6 +157,22 @@ class _Batcher:
                 future.set_exception(StoreError(f"redis: {reply}"))
             else:
                 future.set_result(reply)
+
+    async def _retry(self, batch: list[_Pending], missing: list[int], replies: list[Any]) -> None:
+        """First use, or the server lost its script cache (a restart): load the scripts, then rerun the
+        calls that got NOSCRIPT (such a call did not run)."""
+        for script in {id(batch[n][0]): batch[n][0] for n in missing}.values():
+            await self._redis.script_load(script.script)
+        for n, reply in zip(missing, await self._execute([batch[n] for n in missing]), strict=True):
+            replies[n] = reply
+
+    async def _execute(self, batch: list[_Pending]) -> list[Any]:
+        # EVALSHA directly: a pipeline given Script objects would first ask SCRIPT EXISTS, a round trip more.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for script, keys, args, _ in batch:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            return replies
 
 
 # Flush tasks are kept referenced until done, so that the event loop cannot drop one half-way.

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from orchestrator.errors import LeaseLostError, RunNotFoundError
+from orchestrator.errors import LeaseLostError, RunNotFoundError, StoreError
 from orchestrator.loop import Agent
 from orchestrator.ports import Checkpoint, RunSpec
 from orchestrator.redis_store import Claim, RedisStore, RunQueue
@@ -79,6 +79,9 @@ class Worker:
             self.finished += 1
         except LeaseLostError:
             log.info("run %s: lease lost; another worker continues it", spec.run_id)
+        except StoreError:
+            # Redis failed under us: leave the run queued; once its lease lapses, a worker resumes it.
+            log.warning("run %s: store error; left for a retry", spec.run_id, exc_info=True)
         except Exception as exc:
             # Our fault or the infrastructure's, not the model's: record it, so the run does not loop.
             log.exception("run %s failed", spec.run_id)

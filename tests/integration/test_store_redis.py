@@ -174,3 +174,24 @@ def test_workers_take_runs_from_the_queue_and_cancellation_reaches_them(redis_ur
         assert await client.xlen(QUEUE) == 0
 
     with_redis(redis_url, body)
+
+
+def test_a_run_whose_engine_fails_is_marked_failed_and_leaves_the_queue(redis_url: str) -> None:
+    async def body(client: Redis) -> None:
+        store = RedisStore(client, worker="w1")
+        queue = RunQueue(store, lease_ms=1000)
+        spec = await submit(store)
+        engine = ScriptedEngine([])  # an empty script: the first model call raises ScriptError
+        worker = Worker(store, queue, Agent(engine, FunctionExecutor({}), store))
+        stop = asyncio.Event()
+        serving = asyncio.create_task(worker.serve(stop))
+        while (await store.status("acme", spec.run_id))["status"] != "failed":
+            await asyncio.sleep(0.05)
+        stop.set()
+        await serving
+        record = await store.status("acme", spec.run_id)
+        assert "ScriptError" in record["error"]
+        assert [e.kind for e in await store.events("acme", spec.run_id)] == ["failed"]
+        assert await client.xlen(QUEUE) == 0
+
+    with_redis(redis_url, body)

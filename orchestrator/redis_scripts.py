@@ -23,12 +23,14 @@ for i = 1, 7 do if i ~= 6 then redis.call('EXPIRE', KEYS[i], ARGV[8]) end end
 return 1
 """
 
-# KEYS: run, events, lease. ARGV: worker, outcome fields JSON, event data, maxlen.
+# KEYS: run, events, lease. ARGV: worker, outcome fields JSON, event data, maxlen, ttl.
 FINISH = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
 local fields = cjson.decode(ARGV[2])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'kind', 'finished', 'data', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
 return 1
 """
 

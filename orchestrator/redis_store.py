@@ -256,7 +256,7 @@ class RedisStore:
             "value": json.dumps(outcome.value),
         }
         data = json.dumps({"stop_reason": outcome.stop_reason, "steps": outcome.steps})
-        args: list[EncodableT] = [self.worker, json.dumps(fields), data, EVENTS_MAXLEN]
+        args: list[EncodableT] = [self.worker, json.dumps(fields), data, EVENTS_MAXLEN, self._ttl]
         if not await self._batch.run(self._finish, [keys.run, keys.events, keys.lease], args):
             raise LeaseLostError(f"run {spec.run_id}: lease lost before it finished")
 
@@ -266,6 +266,8 @@ class RedisStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.run, mapping={"status": "failed", "error": error})
             pipe.xadd(keys.events, _event("failed", {"error": error}), maxlen=EVENTS_MAXLEN, approximate=True)
+            for key in (keys.run, keys.events):
+                pipe.expire(key, self._ttl)
             await pipe.execute()
 
     # -- submitting, reading, cancelling -----------------------------------------------------------

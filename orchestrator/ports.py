@@ -77,6 +77,19 @@ class ToolExecutor(Protocol):
 
 @dataclass(frozen=True)
 class Limits:
+    """When a run stops, and with which stop reason.
+
+    - ``max_steps`` model turns (``max_steps``); ``deadline_s`` of wall clock from submission, enforced
+      mid-step too (``deadline``); ``token_budget`` prompt plus completion tokens (``token_budget``).
+    - ``max_tool_calls_per_step``: calls beyond it are not run (the model reads why) and the run stops
+      after that step (``max_tool_calls``).
+    - ``max_repeats``: the most times one identical call (same name and arguments) runs; the next one is
+      refused and the run stops (``repeated_call``).
+    - ``json_retries``: answers that fail the JSON schema are sent back this many times (``json_invalid``).
+    - ``max_tokens`` per model turn; ``context_window`` of the model, which compaction keeps the prompt
+      plus ``max_tokens`` within (``context_overflow`` only when even the newest turn does not fit).
+    """
+
     max_steps: int = 16
     max_tool_calls_per_step: int = 8
     deadline_s: float = 600.0

@@ -4,7 +4,8 @@ vLLM, Ray Serve LLM and llama.cpp's server all speak it. The prompt is sent as r
 chat template, which would re-render history and break the append-only prompt), with the Hermes stop
 strings, and with ``skip_special_tokens`` off so that ``<tool_call>`` survives detokenization (HERMES.md
 section 1). The thread id goes in the ``x-session-id`` header, which session-affinity routers use to keep a
-conversation on the replica whose prefix cache holds it.
+conversation on the replica whose prefix cache holds it; the W3C ``traceparent`` header carries the
+run's trace.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import httpx
 
 from orchestrator.errors import ContextOverflowError, EngineError
 from orchestrator.ports import Chunk, CompletionRequest
+from orchestrator.tracing import carrier
 
 _OVERFLOW_HINTS = ("context length", "context size", "context window", "maximum context", "too long")
 
@@ -68,7 +70,10 @@ class OpenAICompletionsEngine:
         return body
 
     async def stream(self, request: CompletionRequest) -> AsyncGenerator[Chunk, None]:
-        headers = {"x-session-id": request.session_id} if request.session_id else {}
+        # The trace context travels with the call, so the serving side's spans join the run's trace.
+        headers = carrier()
+        if request.session_id:
+            headers["x-session-id"] = request.session_id
         try:
             async with self._client.stream(
                 "POST", "/v1/completions", json=self._body(request), headers=headers

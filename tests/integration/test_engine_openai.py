@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
 from orchestrator.engines import OpenAICompletionsEngine
 from orchestrator.errors import EngineError
@@ -17,6 +18,7 @@ from orchestrator.loop import Agent
 from orchestrator.memory import FunctionExecutor, MemoryStore
 from orchestrator.ports import CompletionRequest, Limits
 from orchestrator.runs import first_checkpoint, new_run, user_turn
+from orchestrator.tracing import Tracing
 from toolbox.protocol import ToolSpec
 
 pytestmark = pytest.mark.integration
@@ -90,10 +92,13 @@ def test_a_run_streams_raw_prompts_with_the_session_header(server: Server) -> No
     ckpt = first_checkpoint(spec, [user_turn("say hi")])
     store = MemoryStore()
 
+    provider = TracerProvider()
+
     async def main() -> Any:
         engine = OpenAICompletionsEngine(url(server), "hermes-3-70b")
+        agent = Agent(engine, FunctionExecutor({"echo": lambda text: text}), store, tracing=Tracing(provider))
         try:
-            return await Agent(engine, FunctionExecutor({"echo": lambda text: text}), store).run(spec, ckpt)
+            return await agent.run(spec, ckpt)
         finally:
             await engine.aclose()
 
@@ -102,6 +107,8 @@ def test_a_run_streams_raw_prompts_with_the_session_header(server: Server) -> No
     assert (outcome.prompt_tokens, outcome.completion_tokens) == (82, 14)
     (h1, b1), (h2, b2) = server.requests
     assert h1["x-session-id"] == h2["x-session-id"] == "thread-7"
+    trace_id = ckpt.trace["traceparent"].split("-")[1]
+    assert h1["traceparent"].split("-")[1] == h2["traceparent"].split("-")[1] == trace_id
     assert b1["stop"] == ["<|im_end|>", "<|im_start|>"] and b1["stream"] is True
     assert b1["skip_special_tokens"] is False and b1["model"] == "hermes-3-70b"
     assert b2["prompt"].startswith(b1["prompt"] + '<tool_call>\n{"name": "echo"')

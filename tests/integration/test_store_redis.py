@@ -196,3 +196,32 @@ def test_a_run_whose_engine_fails_is_marked_failed_and_leaves_the_queue(redis_ur
         assert await client.xlen(QUEUE) == 0
 
     with_redis(redis_url, body)
+
+
+def test_bytes_written_per_step_do_not_grow_with_the_history(redis_url: str) -> None:
+    """A step appends its own turns and small records; it never rewrites what the thread already holds."""
+
+    async def per_step(store: RedisStore, history: int) -> float:
+        spec = new_run(tenant="acme", thread_id=f"h{history}", tools=[INCR], run_id=f"h{history}")
+        past = [
+            f"<|im_start|>user\nearlier turn {n:04d} with some words in it<|im_end|>\n"
+            for n in range(history)
+        ]
+        if past:
+            await store.redis.rpush(f"cad:t:acme:thread:{spec.thread_id}", *past)
+        await store.submit(spec, first_checkpoint(spec, []), "count")
+        _, ckpt, _ = await store.load(spec.tenant, spec.run_id)
+        agent = Agent(ScriptedEngine(counting_script(5)), FunctionExecutor({"incr": lambda n: n}), store)
+        before = (await store.redis.info("stats"))["total_net_input_bytes"]
+        outcome = await agent.run(spec, ckpt)
+        after = (await store.redis.info("stats"))["total_net_input_bytes"]
+        return float(after - before) / outcome.steps
+
+    async def body(client: Redis) -> None:
+        store = RedisStore(client)
+        await per_step(store, 0)  # the first run also loads the Lua scripts into the server
+        short, long = await per_step(store, 1), await per_step(store, 300)
+        # Only counters grow a digit or two (token counts); the history itself is never sent again.
+        assert abs(long - short) < 0.05 * short, (short, long)
+
+    with_redis(redis_url, body)

@@ -1,0 +1,115 @@
+"""Dispatching one step's tool calls: each starts the moment the parser completes it, concurrently.
+
+Every call gets an index in stream order (broken blocks too), which keys the tool-call ledger: a call that
+completed before a crash is replayed from the ledger, a call that started and never finished is reported
+to the model as interrupted (its effect is unknown, so it is never run twice). Before a call runs, its
+arguments are validated, and the per-step call limit and the repeated-call limit are applied; refused
+calls become error results the model reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+
+from orchestrator.ports import Checkpoint, Interrupted, RunSpec, RunStore, StopReason, ToolExecutor
+from orchestrator.tracing import Tracing, record_error
+from toolbox.hermes import StreamEvent, ToolCallFailed, ToolCallReady, validate
+from toolbox.protocol import ToolCall, ToolError, ToolResult
+
+INTERRUPTED = (
+    "this call was interrupted by a restart before it returned, so its effect is unknown; "
+    "check its effect before calling it again"
+)
+
+
+def signature(call: ToolCall) -> str:
+    """Identical calls have identical signatures (argument key order does not matter)."""
+    return call.name + " " + json.dumps(call.arguments, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass
+class Runner:
+    """What running one call needs; shared by the step's dispatcher."""
+
+    spec: RunSpec
+    executor: ToolExecutor
+    store: RunStore
+    tracing: Tracing
+
+    async def run(self, step: int, index: int, call: ToolCall) -> ToolResult:
+        with self.tracing.tool(call.name, call.id, self.spec.thread_id) as span:
+            prior = await self.store.begin_call(self.spec, step, index, call)
+            if isinstance(prior, ToolResult):
+                span.set_attribute("caduceus.tool.replayed", True)
+                return prior
+            if isinstance(prior, Interrupted):
+                result = ToolResult(call.id, call.name, error=ToolError("crashed", INTERRUPTED))
+            else:
+                result = await self.executor.execute(call)
+            await self.store.end_call(self.spec, step, index, result)
+            if result.error is not None:
+                record_error(span, result.error.type)
+            return result
+
+
+async def _ready(result: ToolResult) -> ToolResult:
+    return result
+
+
+@dataclass
+class Dispatch:
+    """One step's calls, in stream order. ``limit`` is set when a call hit a run-ending limit."""
+
+    runner: Runner
+    checkpoint: Checkpoint
+    tasks: list[asyncio.Task[ToolResult]] = field(default_factory=list)
+    repeats: dict[str, int] = field(default_factory=dict)
+    limit: StopReason | None = None
+
+    def on(self, event: StreamEvent) -> None:
+        if isinstance(event, ToolCallReady):
+            self._start(event.call)
+        elif isinstance(event, ToolCallFailed):
+            error = ToolError("malformed_call", f"tool call block {event.error.index}: {event.error.message}")
+            self._add(
+                _ready(
+                    ToolResult(
+                        f"call_{self.checkpoint.step}_bad{event.error.index}", "tool_call", error=error
+                    )
+                )
+            )
+
+    def _start(self, call: ToolCall) -> None:
+        refusal = self._refusal(call, len(self.tasks))
+        if refusal is not None:
+            self._add(_ready(ToolResult(call.id, call.name, error=refusal)))
+        else:
+            self._add(self.runner.run(self.checkpoint.step, len(self.tasks), call))
+
+    def _add(self, coroutine: Coroutine[object, object, ToolResult]) -> None:
+        self.tasks.append(asyncio.ensure_future(coroutine))
+
+    def _refusal(self, call: ToolCall, index: int) -> ToolError | None:
+        limits = self.runner.spec.limits
+        if index >= limits.max_tool_calls_per_step:
+            self.limit = "max_tool_calls"
+            return ToolError(
+                "denied", f"at most {limits.max_tool_calls_per_step} tool calls per step; not run"
+            )
+        key = signature(call)
+        self.repeats[key] = self.repeats.get(key, 0) + 1
+        made = self.checkpoint.repeats.get(key, 0) + self.repeats[key]
+        if made > limits.max_repeats:
+            self.limit = "repeated_call"
+            return ToolError("denied", f"this exact call was already made {made - 1} times; not run again")
+        return validate(call, self.runner.spec.tools)
+
+    async def results(self) -> list[ToolResult]:
+        return list(await asyncio.gather(*self.tasks))
+
+    def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()

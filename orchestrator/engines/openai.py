@@ -1,0 +1,117 @@
+"""Raw-prompt streaming against any OpenAI-compatible ``/v1/completions`` endpoint.
+
+vLLM, Ray Serve LLM and llama.cpp's server all speak it. The prompt is sent as rendered (never through a
+chat template, which would re-render history and break the append-only prompt), with the Hermes stop
+strings, and with ``skip_special_tokens`` off so that ``<tool_call>`` survives detokenization (HERMES.md
+section 1). The thread id goes in the ``x-session-id`` header, which session-affinity routers use to keep a
+conversation on the replica whose prefix cache holds it; the W3C ``traceparent`` header carries the
+run's trace.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any
+
+import httpx
+
+from orchestrator.errors import ContextOverflowError, EngineError
+from orchestrator.ports import Chunk, CompletionRequest
+from orchestrator.tracing import carrier
+
+_OVERFLOW_HINTS = ("context length", "context size", "context window", "maximum context", "too long")
+
+
+class OpenAICompletionsEngine:
+    """``base_url`` is the server root (``http://host:8000``); ``/v1/completions`` is appended."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 600.0,
+        extra_body: Mapping[str, Any] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.AsyncClient(
+            base_url=base_url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout_s, connect=10.0),
+            transport=transport,
+        )
+        self._model = model
+        self._extra = dict(extra_body if extra_body is not None else {"skip_special_tokens": False})
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _body(self, request: CompletionRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self._model,
+            "prompt": request.prompt,
+            "max_tokens": request.max_tokens,
+            "temperature": request.sampling.temperature,
+            "top_p": request.sampling.top_p,
+            "stop": list(request.stop),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            **self._extra,
+        }
+        if request.sampling.seed is not None:
+            body["seed"] = request.sampling.seed
+        return body
+
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[Chunk, None]:
+        # The trace context travels with the call, so the serving side's spans join the run's trace.
+        headers = carrier()
+        if request.session_id:
+            headers["x-session-id"] = request.session_id
+        try:
+            async with self._client.stream(
+                "POST", "/v1/completions", json=self._body(request), headers=headers
+            ) as response:
+                if response.status_code >= 400:
+                    _raise_for(response.status_code, (await response.aread()).decode("utf-8", "replace"))
+                async for chunk in _chunks(response):
+                    yield chunk
+        except httpx.HTTPError as exc:
+            raise EngineError(f"{self._model}: {type(exc).__name__}: {exc}") from exc
+
+
+async def _chunks(response: httpx.Response) -> AsyncGenerator[Chunk, None]:
+    """Server-sent events to chunks; the last chunk carries the finish reason and usage."""
+    finish: str | None = None
+    usage: dict[str, Any] = {}
+    async for line in response.aiter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            break
+        event = json.loads(data)
+        if "error" in event:
+            _raise_for(500, json.dumps(event["error"]))
+        for choice in event.get("choices") or []:
+            if choice.get("text"):
+                yield Chunk(text=choice["text"])
+            finish = choice.get("finish_reason") or finish
+        usage = event.get("usage") or usage
+    yield Chunk(
+        finish_reason=finish or "stop",
+        prompt_tokens=usage.get("prompt_tokens"),
+        completion_tokens=usage.get("completion_tokens"),
+    )
+
+
+def _raise_for(status: int, text: str) -> None:
+    if status == 400 and any(hint in text.lower() for hint in _OVERFLOW_HINTS):
+        raise ContextOverflowError(f"the engine refused the prompt as too long: {text[:500]}")
+    raise EngineError(f"the engine answered HTTP {status}: {text[:500]}")

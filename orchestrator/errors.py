@@ -1,0 +1,42 @@
+"""Exceptions raised by ``orchestrator``: our faults and the infrastructure's, never the model's.
+
+What the model can fix (a malformed call, invalid arguments, a JSON answer that does not match the schema,
+a tool that failed) goes back to it as a tool result or a turn, and shows up as an event. What is a
+configuration error or an outside system failing raises one of these::
+
+    OrchestratorError
+    ├── EngineError           the chat engine failed (HTTP error, broken stream)
+    │   └── ContextOverflowError  the engine refused the prompt as too long (the loop compacts before this)
+    ├── StoreError            the run store is unusable or holds something unexpected
+    │   ├── RunNotFoundError  no run record under that id
+    │   └── LeaseLostError    another worker owns the run now; this worker must drop it
+    └── ScriptError           a ScriptedEngine was used differently from its script
+"""
+
+
+class OrchestratorError(Exception):
+    """Base of every exception raised by the orchestrator package."""
+
+
+class EngineError(OrchestratorError):
+    """The chat engine failed to produce a completion."""
+
+
+class ContextOverflowError(EngineError):
+    """The engine refused the prompt because it exceeds the model's context window."""
+
+
+class StoreError(OrchestratorError):
+    """The run store failed or holds data we cannot read."""
+
+
+class RunNotFoundError(StoreError):
+    """There is no run record under the given id."""
+
+
+class LeaseLostError(StoreError):
+    """The run's lease belongs to another worker: this worker's view of the run is stale."""
+
+
+class ScriptError(OrchestratorError):
+    """A ScriptedEngine ran out of script, or was asked something its script does not cover."""

@@ -1,0 +1,273 @@
+"""The agent loop: ask the model for a turn, run its tool calls, feed the results back, until it answers.
+
+Each iteration returns one of a closed set of next steps: ``Continue`` (tools ran, or a JSON answer is
+retried), ``Answer`` or ``Stop`` (a limit, cancellation). Every step is committed to the store before the
+next one starts, so a run resumed from its checkpoint repeats no acknowledged step.
+
+The prompt is append-only (HERMES.md rule 1): the prompt for step N+1 is the prompt for step N, plus the
+model's raw output, ``<|im_end|>``, the tool turn and the assistant cue, byte for byte; only a compaction
+(when the context window would overflow) starts a new prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from contextlib import aclosing, suppress
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from opentelemetry.trace import Span
+
+from orchestrator import context
+from orchestrator.calls import Dispatch, Runner
+from orchestrator.errors import ContextOverflowError
+from orchestrator.ports import (
+    ChatEngine,
+    Checkpoint,
+    Chunk,
+    CompletionRequest,
+    Outcome,
+    RunSpec,
+    RunStore,
+    StepCommit,
+    StopReason,
+    ToolExecutor,
+)
+from orchestrator.tracing import Tracing, record_stop, record_usage
+from toolbox.hermes import (
+    ParsedTurn,
+    StreamParser,
+    assistant_turn,
+    check_json_answer,
+    neutralize,
+    render_tool_turn,
+    turn,
+)
+from toolbox.protocol import AssistantMessage, ToolResult
+
+
+@dataclass(frozen=True)
+class Continue:
+    commit: StepCommit | None
+
+
+@dataclass(frozen=True)
+class Answer:
+    commit: StepCommit
+    text: str
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class Stop:
+    reason: StopReason
+    commit: StepCommit | None = None
+
+
+Next: TypeAlias = Continue | Answer | Stop
+
+
+@dataclass(frozen=True)
+class ModelTurn:
+    """What one model call produced: the parsed output, its calls' results in order, and the usage."""
+
+    parsed: ParsedTurn
+    results: list[ToolResult]
+    limit: StopReason | None
+    repeats: dict[str, int]
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    dropped: int
+
+
+class Agent:
+    """Runs agent runs against one engine, one tool executor and one store."""
+
+    def __init__(
+        self,
+        engine: ChatEngine,
+        executor: ToolExecutor,
+        store: RunStore,
+        *,
+        counter: context.TokenCounter | None = None,
+        tracing: Tracing | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._engine, self._executor, self._store = engine, executor, store
+        self._counter = counter or context.EstimateCounter()
+        self._turn_counter = context.CachedCounter(self._counter)  # turns repeat in every prompt
+        self._tracing = tracing or Tracing()
+        self._clock = clock
+
+    async def run(self, spec: RunSpec, ckpt: Checkpoint, cancel: asyncio.Event | None = None) -> Outcome:
+        """Run ``spec`` from ``ckpt`` (a new run's, or the last committed one) to its end."""
+        with self._tracing.agent(spec.run_id, spec.thread_id, ckpt.trace) as span:
+            while True:
+                step = self._limit(spec, ckpt) or await self._guarded(self._step(spec, ckpt), ckpt, cancel)
+                if step.commit is not None:
+                    await self._commit(spec, ckpt, step.commit)
+                if isinstance(step, Continue):
+                    continue
+                return await self._finish(spec, ckpt, step, span)
+
+    def _limit(self, spec: RunSpec, ckpt: Checkpoint) -> Stop | None:
+        if ckpt.step >= spec.limits.max_steps:
+            return Stop("max_steps")
+        if self._clock() >= ckpt.deadline:
+            return Stop("deadline")
+        if ckpt.tokens >= spec.limits.token_budget:
+            return Stop("token_budget")
+        return None
+
+    async def _guarded(
+        self, step: Coroutine[Any, Any, Next], ckpt: Checkpoint, cancel: asyncio.Event | None
+    ) -> Next:
+        """The step, unless the deadline passes or the run is cancelled first (then the step is stopped
+        wherever it is: mid-generation or mid-tool; what it did is not committed)."""
+        task = asyncio.ensure_future(step)
+        waiters = {task} if cancel is None else {task, asyncio.ensure_future(cancel.wait())}
+        try:
+            await asyncio.wait(waiters, timeout=ckpt.deadline - self._clock(), return_when="FIRST_COMPLETED")
+        finally:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await waiter
+        if task.cancelled():
+            return Stop("cancelled" if cancel is not None and cancel.is_set() else "deadline")
+        return task.result()
+
+    async def _step(self, spec: RunSpec, ckpt: Checkpoint) -> Next:
+        max_tokens = min(spec.limits.max_tokens, spec.limits.token_budget - ckpt.tokens)
+        fitted = context.fit(
+            self._turn_counter,
+            spec.prefix,
+            ckpt.turns,
+            ckpt.window_start,
+            spec.limits.context_window - max_tokens,
+        )
+        if fitted.drop is None:
+            return Stop("context_overflow")
+        if fitted.drop:
+            await self._compact(spec, ckpt, fitted.drop)
+        prompt = context.render(spec.prefix, ckpt.turns, ckpt.window_start)
+        try:
+            out = await self._model_turn(spec, ckpt, prompt, max_tokens, fitted.drop)
+        except ContextOverflowError:
+            # Our count was below the engine's (an estimate, or a different tokenizer): drop more, retry.
+            drop = context.halve(ckpt.turns)
+            if drop is None:
+                return Stop("context_overflow")
+            await self._compact(spec, ckpt, drop)
+            return Continue(None)
+        return self._decide(spec, ckpt, out)
+
+    async def _compact(self, spec: RunSpec, ckpt: Checkpoint, drop: int) -> None:
+        del ckpt.turns[:drop]
+        ckpt.window_start += drop
+        await self._store.emit(
+            spec, "compacted", {"step": ckpt.step, "dropped": drop, "window_start": ckpt.window_start}
+        )
+
+    async def _model_turn(
+        self, spec: RunSpec, ckpt: Checkpoint, prompt: str, max_tokens: int, dropped: int
+    ) -> ModelTurn:
+        """Stream the model's turn; each call is dispatched the moment the parser completes it."""
+        dispatch = Dispatch(Runner(spec, self._executor, self._store, self._tracing), ckpt)
+        parser = StreamParser(id_prefix=f"call_{ckpt.step}_")
+        request = CompletionRequest(prompt, max_tokens, sampling=spec.sampling, session_id=spec.thread_id)
+        try:
+            with self._tracing.chat(self._engine.model, spec.thread_id, max_tokens) as span:
+                last = await self._stream(request, parser, dispatch)
+                parsed = parser.finish()
+                for event in parser.drain():
+                    dispatch.on(event)
+                usage = (
+                    last.prompt_tokens or self._counter.count(prompt),
+                    last.completion_tokens or self._counter.count(parsed.text),
+                )
+                record_usage(span, *usage, last.finish_reason)
+            results = await dispatch.results()
+        finally:
+            dispatch.cancel()
+        return ModelTurn(
+            parsed, results, dispatch.limit, dispatch.repeats, last.finish_reason, *usage, dropped
+        )
+
+    async def _stream(self, request: CompletionRequest, parser: StreamParser, dispatch: Dispatch) -> Chunk:
+        last = Chunk()
+        async with aclosing(self._engine.stream(request)) as chunks:
+            async for chunk in chunks:
+                for event in parser.feed(chunk.text):
+                    dispatch.on(event)
+                if chunk.finish_reason is not None:
+                    last = chunk
+                if parser.done:
+                    break  # the model wrote a turn-ending marker: whatever follows is not ours to read
+        return last
+
+    def _decide(self, spec: RunSpec, ckpt: Checkpoint, out: ModelTurn) -> Next:
+        assistant = assistant_turn(AssistantMessage(raw=out.parsed.text))
+        if out.results:
+            commit = self._commit_of(ckpt, out, assistant, render_tool_turn(out.results))
+            return Stop(out.limit, commit) if out.limit else Continue(commit)
+        if spec.json_schema is None:
+            return Answer(self._commit_of(ckpt, out, assistant), out.parsed.content)
+        checked = check_json_answer(out.parsed.content, spec.json_schema)
+        if checked.ok:
+            return Answer(self._commit_of(ckpt, out, assistant), out.parsed.content, checked.value)
+        if ckpt.json_retries >= spec.limits.json_retries:
+            return Stop("json_invalid", self._commit_of(ckpt, out, assistant))
+        feedback = turn("user", neutralize(checked.error or ""))
+        return Continue(self._commit_of(ckpt, out, assistant, feedback, json_retry=True))
+
+    def _commit_of(
+        self, ckpt: Checkpoint, out: ModelTurn, *turns: str, json_retry: bool = False
+    ) -> StepCommit:
+        record = {
+            "step": ckpt.step,
+            "calls": [result.name for result in out.results],
+            "errors": sum(1 for result in out.results if not result.ok),
+            "finish_reason": out.finish_reason,
+            "compacted": out.dropped,
+        }
+        return StepCommit(
+            step=ckpt.step,
+            turns=turns,
+            window_start=ckpt.window_start,
+            prompt_tokens=out.prompt_tokens,
+            completion_tokens=out.completion_tokens,
+            json_retries=ckpt.json_retries + json_retry,
+            repeats=out.repeats,
+            record=record,
+        )
+
+    async def _commit(self, spec: RunSpec, ckpt: Checkpoint, commit: StepCommit) -> None:
+        await self._store.commit(spec, commit)
+        ckpt.step = commit.step + 1
+        ckpt.turns.extend(commit.turns)
+        ckpt.window_start = commit.window_start
+        ckpt.prompt_tokens += commit.prompt_tokens
+        ckpt.completion_tokens += commit.completion_tokens
+        ckpt.json_retries = commit.json_retries
+        for key, count in commit.repeats.items():
+            ckpt.repeats[key] = ckpt.repeats.get(key, 0) + count
+
+    async def _finish(self, spec: RunSpec, ckpt: Checkpoint, end: Answer | Stop, span: Span) -> Outcome:
+        reason: StopReason = "answer" if isinstance(end, Answer) else end.reason
+        outcome = Outcome(
+            run_id=spec.run_id,
+            stop_reason=reason,
+            output=end.text if isinstance(end, Answer) else "",
+            value=end.value if isinstance(end, Answer) else None,
+            steps=ckpt.step,
+            prompt_tokens=ckpt.prompt_tokens,
+            completion_tokens=ckpt.completion_tokens,
+        )
+        await self._store.finish(spec, outcome)
+        record_stop(span, reason)
+        return outcome

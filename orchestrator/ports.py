@@ -1,0 +1,189 @@
+"""The orchestrator's ports: the three outside systems the loop talks to, each a small Protocol.
+
+- ``ChatEngine``: streams a completion for a raw prompt string (vLLM, Ray Serve LLM, llama.cpp, scripted).
+- ``ToolExecutor``: runs one ``ToolCall`` and returns its ``ToolResult`` (the tool workers, or in-process).
+- ``RunStore``: where acknowledged steps, the tool-call ledger and events go (Redis, or in-process memory).
+
+And the plain data they exchange: a completion request and its chunks, a run's fixed spec, its limits and
+its checkpoint (the mutable state that is persisted after every step and that a resumed run starts from).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeAlias
+
+from toolbox.hermes import STOP
+from toolbox.protocol import ToolCall, ToolResult, ToolSpec
+
+StopReason: TypeAlias = Literal[
+    "answer",
+    "max_steps",
+    "max_tool_calls",
+    "deadline",
+    "token_budget",
+    "repeated_call",
+    "cancelled",
+    "json_invalid",
+    "context_overflow",
+]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.7
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """One raw-prompt completion. ``session_id`` (the thread id) lets a router keep a conversation on the
+    replica whose prefix cache already holds it."""
+
+    prompt: str
+    max_tokens: int = 1024
+    stop: tuple[str, ...] = STOP
+    sampling: Sampling = Sampling()
+    session_id: str = ""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of streamed output. The last chunk of a stream carries the finish reason and, when the
+    engine reports it, the token usage."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class ChatEngine(Protocol):
+    """Streams completions. ``model`` names the served model (used in spans and records)."""
+
+    @property
+    def model(self) -> str: ...
+
+    def stream(self, request: CompletionRequest) -> AsyncGenerator[Chunk, None]: ...
+
+
+class ToolExecutor(Protocol):
+    """Runs one call. Failures the model can fix come back as ``ToolResult.error``; ours raise."""
+
+    async def execute(self, call: ToolCall) -> ToolResult: ...
+
+
+@dataclass(frozen=True)
+class Limits:
+    """When a run stops, and with which stop reason.
+
+    - ``max_steps`` model turns (``max_steps``); ``deadline_s`` of wall clock from submission, enforced
+      mid-step too (``deadline``); ``token_budget`` prompt plus completion tokens (``token_budget``).
+    - ``max_tool_calls_per_step``: calls beyond it are not run (the model reads why) and the run stops
+      after that step (``max_tool_calls``).
+    - ``max_repeats``: the most times one identical call (same name and arguments) runs; the next one is
+      refused and the run stops (``repeated_call``).
+    - ``json_retries``: answers that fail the JSON schema are sent back this many times (``json_invalid``).
+    - ``max_tokens`` per model turn; ``context_window`` of the model, which compaction keeps the prompt
+      plus ``max_tokens`` within (``context_overflow`` only when even the newest turn does not fit).
+    """
+
+    max_steps: int = 16
+    max_tool_calls_per_step: int = 8
+    deadline_s: float = 600.0
+    token_budget: int = 1_000_000
+    max_repeats: int = 3
+    json_retries: int = 2
+    max_tokens: int = 1024
+    context_window: int = 32768
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a run is, fixed at submission. ``prefix`` is the exact rendered bytes of the run's system
+    turns (tools, JSON mode, the caller's system message): rendered once, replayed verbatim."""
+
+    run_id: str
+    tenant: str
+    thread_id: str
+    prefix: str
+    tools: tuple[ToolSpec, ...] = ()
+    json_schema: dict[str, Any] | None = None
+    limits: Limits = Limits()
+    sampling: Sampling = Sampling()
+
+
+@dataclass
+class Checkpoint:
+    """A run's state after its last acknowledged step; everything a resumed run needs.
+
+    ``turns`` are the thread's rendered turns from ``window_start`` on (the part the prompt shows);
+    ``repeats`` counts each distinct call signature, for the repeated-call limit.
+    """
+
+    deadline: float
+    step: int = 0
+    turns: list[str] = field(default_factory=list)
+    window_start: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    json_retries: int = 0
+    repeats: dict[str, int] = field(default_factory=dict)
+    trace: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class StepCommit:
+    """One acknowledged step, written atomically: the turns it appends, the token counts and call
+    signature counts it adds (deltas), the window start and JSON retries it sets, and a small record."""
+
+    step: int
+    turns: tuple[str, ...]
+    window_start: int
+    prompt_tokens: int
+    completion_tokens: int
+    json_retries: int
+    repeats: dict[str, int]
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    run_id: str
+    stop_reason: StopReason
+    output: str = ""
+    value: Any = None
+    steps: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    """The ledger shows the call started before a crash but never finished: its effect is unknown."""
+
+    call: ToolCall
+
+
+class RunStore(Protocol):
+    """Durable run memory. ``begin_call`` returns the ledgered result of a call that completed before a
+    crash, ``Interrupted`` for one that started and never finished, or ``None``: the caller now owns the
+    call and reports its result with ``end_call``."""
+
+    async def commit(self, spec: RunSpec, step: StepCommit) -> None: ...
+
+    async def begin_call(
+        self, spec: RunSpec, step: int, index: int, call: ToolCall
+    ) -> ToolResult | Interrupted | None: ...
+
+    async def end_call(self, spec: RunSpec, step: int, index: int, result: ToolResult) -> None: ...
+
+    async def emit(self, spec: RunSpec, kind: str, data: dict[str, Any]) -> None: ...
+
+    async def finish(self, spec: RunSpec, outcome: Outcome) -> None: ...

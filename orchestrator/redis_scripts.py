@@ -1,0 +1,63 @@
+"""The Lua scripts that ``redis_store`` runs: each is one atomic step on the server.
+
+Plain text only; ``redis_store`` is the one module that talks to Redis.
+"""
+
+# KEYS: run, thread, steps, events, repeats, lease, ledger.
+# ARGV: worker (or "" for no fencing), step, window_start, d_prompt, d_completion, json_retries, record,
+#       ttl, maxlen, number of turns, the turns..., then signature/count pairs.
+COMMIT = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[6]) ~= ARGV[1] then return 0 end
+local step = tonumber(ARGV[2])
+if tonumber(redis.call('HGET', KEYS[1], 'step') or '0') ~= step then return -1 end
+local n = tonumber(ARGV[10])
+for i = 11, 10 + n do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+for i = 11 + n, #ARGV, 2 do redis.call('HINCRBY', KEYS[5], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'step', step + 1, 'window_start', ARGV[3], 'json_retries', ARGV[6])
+redis.call('HSET', KEYS[1], 'status', 'running')
+redis.call('HINCRBY', KEYS[1], 'prompt_tokens', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'completion_tokens', ARGV[5])
+redis.call('RPUSH', KEYS[3], ARGV[7])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*', 'kind', 'step', 'data', ARGV[7])
+for i = 1, 7 do if i ~= 6 then redis.call('EXPIRE', KEYS[i], ARGV[8]) end end
+return 1
+"""
+
+# KEYS: run, events, lease. ARGV: worker, outcome fields JSON, event data, maxlen, ttl.
+FINISH = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
+local fields = cjson.decode(ARGV[2])
+for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'kind', 'finished', 'data', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return 1
+"""
+
+# KEYS: lease. ARGV: worker, lease ms. Renew only a lease we hold.
+RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: ledger. ARGV: field, ttl. Marks a call started unless the ledger has it; returns what it had.
+BEGIN_CALL = """
+local had = redis.call('HGET', KEYS[1], ARGV[1])
+if not had then
+  redis.call('HSET', KEYS[1], ARGV[1], '{"state":"started"}')
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return had
+"""
+
+# KEYS: ledger, events. ARGV: field, result, event data, maxlen.
+END_CALL = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'kind', 'tool_result', 'data', ARGV[3])
+return 1
+"""

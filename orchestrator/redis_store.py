@@ -1,0 +1,418 @@
+"""Run memory in Redis: the only module that imports ``redis``.
+
+Key layout (every key of a tenant starts with ``cad:t:{tenant}:``, so tenants never share a key; ids are
+restricted to ``[A-Za-z0-9_.-]`` so no id can reach into another's keys)::
+
+    cad:t:{tenant}:thread:{thread}        LIST    the thread's turns, each its exact rendered bytes
+                                                  (appended, never rewritten; replay never re-renders)
+    cad:t:{tenant}:run:{run}              HASH    spec (JSON), status, step, window_start, token counts,
+                                                  json_retries, deadline, trace (W3C carrier), outcome
+    cad:t:{tenant}:run:{run}:steps        LIST    one small JSON record per acknowledged step
+    cad:t:{tenant}:run:{run}:events       STREAM  step / tool_result / compacted / finished events;
+                                                  Redis stream ids are monotonic: resume from the last seen
+    cad:t:{tenant}:run:{run}:ledger       HASH    "{step}:{index}" -> {"state": "started"} or the ToolResult
+    cad:t:{tenant}:run:{run}:repeats      HASH    call signature -> times made (repeated-call limit)
+    cad:t:{tenant}:run:{run}:lease        STRING  the owning worker's id, with a TTL renewed by heartbeats
+    cad:t:{tenant}:run:{run}:cancel       STRING  present once cancellation is requested
+    cad:queue                             STREAM  run queue (consumer group "orchestrators"): tenant, run
+
+A step costs O(1) writes whatever the history length: its new turns, one step record, one event, a few
+counters, TTL refreshes. Every key of a run and its thread expires ``ttl_s`` after its last write.
+
+Writes that move a run forward (``commit``, ``finish``) are Lua scripts that first check that this worker
+still holds the run's lease (a fencing check): a worker that lost its lease can never write over the
+worker that took the run over. ``commit`` also checks the step number, so a step is acknowledged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from pydantic import TypeAdapter
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, ResponseError
+from redis.typing import EncodableT, FieldT
+
+from orchestrator import redis_scripts as lua
+from orchestrator.errors import LeaseLostError, RunNotFoundError, StoreError
+from orchestrator.ports import Checkpoint, Interrupted, Outcome, RunSpec, StepCommit
+from orchestrator.runs import user_turn
+from toolbox.protocol import ToolCall, ToolResult, from_json, to_json
+
+QUEUE = "cad:queue"
+GROUP = "orchestrators"
+DEFAULT_TTL_S = 7 * 24 * 3600
+EVENTS_MAXLEN = 10_000
+_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+_SPEC: TypeAdapter[RunSpec] = TypeAdapter(RunSpec)
+_STARTED = b'{"state":"started"}'
+
+
+def _check_id(kind: str, value: str) -> str:
+    if not _ID.fullmatch(value):
+        raise StoreError(f"{kind} id {value!r} must be 1-128 of [A-Za-z0-9_.-]")
+    return value
+
+
+@dataclass(frozen=True)
+class Keys:
+    run: str
+    thread: str
+    steps: str
+    events: str
+    repeats: str
+    lease: str
+    ledger: str
+    cancel: str
+
+    @classmethod
+    @functools.lru_cache(maxsize=4096)  # ids are validated and keys built once per run, not per write
+    def of(cls, tenant: str, run_id: str, thread_id: str = "") -> Keys:
+        base = f"cad:t:{_check_id('tenant', tenant)}:"
+        run = f"{base}run:{_check_id('run', run_id)}"
+        thread = f"{base}thread:{_check_id('thread', thread_id)}" if thread_id else ""
+        return cls(
+            run,
+            thread,
+            f"{run}:steps",
+            f"{run}:events",
+            f"{run}:repeats",
+            f"{run}:lease",
+            f"{run}:ledger",
+            f"{run}:cancel",
+        )
+
+    def for_commit(self) -> list[str]:
+        return [self.run, self.thread, self.steps, self.events, self.repeats, self.lease, self.ledger]
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str
+    kind: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A queue entry this worker took: the run to work on, and the entry to acknowledge when done."""
+
+    entry: str
+    tenant: str
+    run_id: str
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else (value or "")
+
+
+_Pending: TypeAlias = tuple[AsyncScript, list[str], list[EncodableT], "asyncio.Future[Any]"]
+
+
+class _Batcher:
+    """Group commit: the scripts that concurrent runs call in the same event-loop tick go to Redis in one
+    pipeline. Each script is still atomic on its own and each caller still waits for its own reply, so
+    nothing is acknowledged before Redis has applied it; many runs just share the round trip."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._pending: list[_Pending] = []
+
+    async def run(self, script: AsyncScript, keys: list[str], args: list[EncodableT]) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append((script, keys, args, future))
+        return await future
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._send(batch))
+        _IN_FLIGHT.add(task)
+        task.add_done_callback(_IN_FLIGHT.discard)
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        try:
+            replies = await self._execute(batch)
+            missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:
+                await self._retry(batch, missing, replies)
+        except BaseException as exc:  # the connection failed: every caller in the batch hears of it
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(StoreError(f"redis: {type(exc).__name__}: {exc}"))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for (*_, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue  # its caller was cancelled; the write itself went through
+            if isinstance(reply, Exception):
+                future.set_exception(StoreError(f"redis: {reply}"))
+            else:
+                future.set_result(reply)
+
+    async def _retry(self, batch: list[_Pending], missing: list[int], replies: list[Any]) -> None:
+        """First use, or the server lost its script cache (a restart): load the scripts, then rerun the
+        calls that got NOSCRIPT (such a call did not run)."""
+        for script in {id(batch[n][0]): batch[n][0] for n in missing}.values():
+            await self._redis.script_load(script.script)
+        for n, reply in zip(missing, await self._execute([batch[n] for n in missing]), strict=True):
+            replies[n] = reply
+
+    async def _execute(self, batch: list[_Pending]) -> list[Any]:
+        # EVALSHA directly: a pipeline given Script objects would first ask SCRIPT EXISTS, a round trip more.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for script, keys, args, _ in batch:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            return replies
+
+
+# Flush tasks are kept referenced until done, so that the event loop cannot drop one half-way.
+_IN_FLIGHT: set[asyncio.Task[None]] = set()
+
+
+class RedisStore:
+    """The ``RunStore`` on Redis, plus what submitters, readers and workers need around it.
+
+    ``worker`` is this process's worker id: writes that move a run forward are fenced by its lease.
+    Leave it empty only where no queue is used (one process owns every run it runs).
+    """
+
+    def __init__(self, redis: Redis, *, worker: str = "", ttl_s: int = DEFAULT_TTL_S) -> None:
+        self.redis = redis
+        self.worker = worker
+        self._ttl = ttl_s
+        self._batch = _Batcher(redis)
+        self._commit = redis.register_script(lua.COMMIT)
+        self._finish = redis.register_script(lua.FINISH)
+        self._renew = redis.register_script(lua.RENEW)
+        self._release = redis.register_script(lua.RELEASE)
+        self._begin = redis.register_script(lua.BEGIN_CALL)
+        self._end = redis.register_script(lua.END_CALL)
+
+    # -- the RunStore port -----------------------------------------------------------------------
+
+    async def commit(self, spec: RunSpec, step: StepCommit) -> None:
+        keys = Keys.of(spec.tenant, spec.run_id, spec.thread_id)
+        pairs = [str(part) for key, count in step.repeats.items() for part in (key, count)]
+        args: list[EncodableT] = [
+            self.worker,
+            step.step,
+            step.window_start,
+            step.prompt_tokens,
+            step.completion_tokens,
+            step.json_retries,
+            json.dumps(step.record, separators=(",", ":")),
+            self._ttl,
+            EVENTS_MAXLEN,
+            len(step.turns),
+            *step.turns,
+            *pairs,
+        ]
+        done = await self._batch.run(self._commit, keys.for_commit(), args)
+        if done == 0:
+            raise LeaseLostError(f"run {spec.run_id}: lease lost before step {step.step} was committed")
+        if done == -1:
+            raise StoreError(f"run {spec.run_id}: step {step.step} is not the next step to commit")
+
+    async def begin_call(
+        self, spec: RunSpec, step: int, index: int, call: ToolCall
+    ) -> ToolResult | Interrupted | None:
+        key, field = Keys.of(spec.tenant, spec.run_id).ledger, f"{step}:{index}"
+        found = await self._batch.run(self._begin, [key], [field, self._ttl])
+        if found is None:
+            return None
+        if found == _STARTED:
+            return Interrupted(call)
+        result = from_json(found)
+        if not isinstance(result, ToolResult):
+            raise StoreError(f"run {spec.run_id}: ledger entry {field} is not a tool result")
+        return result
+
+    async def end_call(self, spec: RunSpec, step: int, index: int, result: ToolResult) -> None:
+        keys = Keys.of(spec.tenant, spec.run_id)
+        data = {"step": step, "index": index, "call_id": result.call_id, "name": result.name, "ok": result.ok}
+        args: list[EncodableT] = [f"{step}:{index}", to_json(result), json.dumps(data), EVENTS_MAXLEN]
+        await self._batch.run(self._end, [keys.ledger, keys.events], args)
+
+    async def emit(self, spec: RunSpec, kind: str, data: dict[str, Any]) -> None:
+        keys = Keys.of(spec.tenant, spec.run_id)
+        await self.redis.xadd(keys.events, _event(kind, data), maxlen=EVENTS_MAXLEN, approximate=True)
+
+    async def finish(self, spec: RunSpec, outcome: Outcome) -> None:
+        keys = Keys.of(spec.tenant, spec.run_id)
+        fields = {
+            "status": "finished",
+            "stop_reason": outcome.stop_reason,
+            "output": outcome.output,
+            "value": json.dumps(outcome.value),
+        }
+        data = json.dumps({"stop_reason": outcome.stop_reason, "steps": outcome.steps})
+        args: list[EncodableT] = [self.worker, json.dumps(fields), data, EVENTS_MAXLEN, self._ttl]
+        if not await self._batch.run(self._finish, [keys.run, keys.events, keys.lease], args):
+            raise LeaseLostError(f"run {spec.run_id}: lease lost before it finished")
+
+    async def fail(self, spec: RunSpec, error: str) -> None:
+        """Record that the run failed through no fault of the model's."""
+        keys = Keys.of(spec.tenant, spec.run_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.run, mapping={"status": "failed", "error": error})
+            pipe.xadd(keys.events, _event("failed", {"error": error}), maxlen=EVENTS_MAXLEN, approximate=True)
+            for key in (keys.run, keys.events):
+                pipe.expire(key, self._ttl)
+            await pipe.execute()
+
+    # -- submitting, reading, cancelling -----------------------------------------------------------
+
+    async def submit(self, spec: RunSpec, ckpt: Checkpoint, text: str, *, enqueue: bool = True) -> None:
+        """Append the user's turn to the thread, write the run record, and queue the run."""
+        keys = Keys.of(spec.tenant, spec.run_id, spec.thread_id)
+        record: dict[FieldT, EncodableT] = {
+            "spec": _SPEC.dump_json(spec),
+            "status": "queued",
+            "step": 0,
+            "window_start": ckpt.window_start,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "json_retries": 0,
+            "deadline": repr(ckpt.deadline),
+            "trace": json.dumps(ckpt.trace),
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(keys.thread, user_turn(text))
+            pipe.hset(keys.run, mapping=record)
+            for key in (keys.thread, keys.run):
+                pipe.expire(key, self._ttl)
+            if enqueue:
+                pipe.xadd(QUEUE, {"tenant": spec.tenant, "run": spec.run_id})
+            await pipe.execute()
+
+    async def load(self, tenant: str, run_id: str) -> tuple[RunSpec, Checkpoint, str]:
+        """The run's spec, its last checkpoint, and its status."""
+        keys = Keys.of(tenant, run_id)
+        record = {_text(k): v for k, v in (await self.redis.hgetall(keys.run)).items()}
+        if "spec" not in record:
+            raise RunNotFoundError(f"no run {run_id!r} for tenant {tenant!r}")
+        spec = _SPEC.validate_json(record["spec"])
+        window = int(record["window_start"])
+        thread = Keys.of(tenant, run_id, spec.thread_id).thread
+        turns = [_text(turn) for turn in await self.redis.lrange(thread, window, -1)]
+        repeats = {_text(k): int(v) for k, v in (await self.redis.hgetall(keys.repeats)).items()}
+        ckpt = Checkpoint(
+            deadline=float(record["deadline"]),
+            step=int(record["step"]),
+            turns=turns,
+            window_start=window,
+            prompt_tokens=int(record["prompt_tokens"]),
+            completion_tokens=int(record["completion_tokens"]),
+            json_retries=int(record["json_retries"]),
+            repeats=repeats,
+            trace=json.loads(record["trace"]),
+        )
+        return spec, ckpt, _text(record["status"])
+
+    async def status(self, tenant: str, run_id: str) -> dict[str, str]:
+        record = await self.redis.hgetall(Keys.of(tenant, run_id).run)
+        return {_text(k): _text(v) for k, v in record.items() if _text(k) != "spec"}
+
+    async def events(
+        self, tenant: str, run_id: str, after: str = "0-0", *, block_ms: int | None = None
+    ) -> list[Event]:
+        """Events after the id ``after`` (a client resumes from the last id it saw)."""
+        key = Keys.of(tenant, run_id).events
+        found: Any = await self.redis.xread({key: after}, count=1000, block=block_ms)
+        return [
+            Event(_text(entry), _text(fields[b"kind"]), json.loads(fields[b"data"]))
+            for _, entries in found
+            for entry, fields in entries
+        ]
+
+    async def cancel(self, tenant: str, run_id: str) -> None:
+        await self.redis.set(Keys.of(tenant, run_id).cancel, b"1", ex=self._ttl)
+
+    async def thread(self, tenant: str, thread_id: str) -> list[str]:
+        key = Keys.of(tenant, "x", thread_id).thread
+        return [_text(turn) for turn in await self.redis.lrange(key, 0, -1)]
+
+
+def _event(kind: str, data: dict[str, Any]) -> dict[FieldT, EncodableT]:
+    return {"kind": kind, "data": json.dumps(data, separators=(",", ":"))}
+
+
+class RunQueue:
+    """The run queue: a stream with one consumer group; a run is held by a lease renewed by heartbeats.
+
+    A worker takes new entries with ``take``; an entry whose worker stopped heartbeating (its idle time in
+    the group passed the lease time) is taken over with ``claim_stale``. Either way the worker must then
+    ``acquire`` the run's lease, which succeeds only when no live worker holds it.
+    """
+
+    def __init__(self, store: RedisStore, *, lease_ms: int = 5000) -> None:
+        self._store = store
+        self._redis = store.redis
+        self.lease_ms = lease_ms
+
+    async def ensure_group(self) -> None:
+        try:
+            await self._redis.xgroup_create(QUEUE, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def take(self, count: int, block_ms: int) -> list[Claim]:
+        found: Any = await self._redis.xreadgroup(
+            GROUP, self._store.worker, {QUEUE: ">"}, count=count, block=block_ms
+        )
+        return [_claim(entry, fields) for _, entries in found for entry, fields in entries]
+
+    async def claim_stale(self, count: int) -> list[Claim]:
+        reply: Any = await self._redis.xautoclaim(
+            QUEUE, GROUP, self._store.worker, self.lease_ms, "0-0", count=count
+        )
+        return [_claim(entry, fields) for entry, fields in reply[1] if fields]
+
+    async def acquire(self, claim: Claim) -> bool:
+        key = Keys.of(claim.tenant, claim.run_id).lease
+        return bool(await self._redis.set(key, self._store.worker, nx=True, px=self.lease_ms))
+
+    async def heartbeat(self, claims: list[Claim]) -> tuple[list[bool], list[bool]]:
+        """Renew each lease (and reset the entry's idle time); returns (still held, cancel requested)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for claim in claims:
+                keys = Keys.of(claim.tenant, claim.run_id)
+                await self._store._renew(
+                    keys=[keys.lease], args=[self._store.worker, self.lease_ms], client=pipe
+                )
+                pipe.xclaim(QUEUE, GROUP, self._store.worker, 0, [claim.entry], justid=True)
+                pipe.exists(keys.cancel)
+            replies = await pipe.execute()
+        held = [bool(replies[3 * n]) for n in range(len(claims))]
+        cancelled = [bool(replies[3 * n + 2]) for n in range(len(claims))]
+        return held, cancelled
+
+    async def done(self, claim: Claim) -> None:
+        """The run is finished (or was already): remove it from the queue and release its lease."""
+        lease = Keys.of(claim.tenant, claim.run_id).lease
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xack(QUEUE, GROUP, claim.entry)
+            pipe.xdel(QUEUE, claim.entry)
+            await pipe.execute()
+        await self._store._release(keys=[lease], args=[self._store.worker])
+
+    async def release(self, claim: Claim) -> None:
+        """Give the run back without finishing it (shutting down): another worker may take it at once."""
+        await self._store._release(
+            keys=[Keys.of(claim.tenant, claim.run_id).lease], args=[self._store.worker]
+        )
+
+
+def _claim(entry: bytes | str, fields: dict[bytes, bytes]) -> Claim:
+    return Claim(_text(entry), _text(fields[b"tenant"]), _text(fields[b"run"]))

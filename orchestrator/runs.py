@@ -1,0 +1,50 @@
+"""Creating a run: its spec (with the system turns rendered once) and its first checkpoint."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from orchestrator.ports import Checkpoint, Limits, RunSpec, Sampling
+from orchestrator.tracing import new_carrier
+from toolbox.hermes import neutralize, render_prompt, turn
+from toolbox.protocol import SystemMessage, ToolSpec
+
+
+def new_run(
+    *,
+    tenant: str,
+    thread_id: str,
+    tools: Sequence[ToolSpec] = (),
+    system: str | None = None,
+    json_schema: dict[str, Any] | None = None,
+    limits: Limits | None = None,
+    sampling: Sampling | None = None,
+    run_id: str | None = None,
+) -> RunSpec:
+    """A run's fixed spec. The tools, JSON-mode and caller's system turns are rendered here, once."""
+    messages = [SystemMessage(system)] if system else []
+    prefix = render_prompt(messages, list(tools), json_schema=json_schema, add_generation_prompt=False)
+    return RunSpec(
+        run_id=run_id or uuid.uuid4().hex,
+        tenant=tenant,
+        thread_id=thread_id,
+        prefix=prefix,
+        tools=tuple(tools),
+        json_schema=json_schema,
+        limits=limits or Limits(),
+        sampling=sampling or Sampling(),
+    )
+
+
+def user_turn(text: str) -> str:
+    """The rendered user turn for ``text`` (untrusted: neutralized)."""
+    return turn("user", neutralize(text))
+
+
+def first_checkpoint(spec: RunSpec, history: Sequence[str], *, now: float | None = None) -> Checkpoint:
+    """The checkpoint a new run starts from: the thread's turns so far (the new user turn included)."""
+    start = time.time() if now is None else now
+    return Checkpoint(deadline=start + spec.limits.deadline_s, turns=list(history), trace=new_carrier())

@@ -1,0 +1,227 @@
+"""The Redis run store, queue and worker against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+from redis.asyncio import Redis
+
+from orchestrator.engines import Latency, ScriptedEngine
+from orchestrator.errors import LeaseLostError
+from orchestrator.loop import Agent
+from orchestrator.memory import FunctionExecutor
+from orchestrator.ports import Limits, RunSpec, StepCommit
+from orchestrator.redis_store import QUEUE, RedisStore, RunQueue
+from orchestrator.runs import first_checkpoint, new_run
+from orchestrator.worker import Worker
+from toolbox.protocol import ToolSpec
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+INCR = ToolSpec(
+    "incr", "Count.", {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+)
+
+
+def call(name: str, **arguments: Any) -> str:
+    return f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments})}\n</tool_call>"
+
+
+def counting_script(steps: int) -> Callable[[str], str]:
+    """Stateless: the answer depends only on how many tool turns the prompt already holds."""
+
+    def script(prompt: str) -> str:
+        done = prompt.count("<|im_start|>tool\n")
+        return call("incr", n=done) + call("incr", n=100 + done) if done < steps else f"finished after {done}"
+
+    return script
+
+
+def with_redis(url: str, body: Callable[[Redis], Awaitable[T]]) -> T:
+    async def main() -> T:
+        client = Redis.from_url(url)
+        try:
+            return await body(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+async def submit(store: RedisStore, text: str = "count", **options: Any) -> RunSpec:
+    spec = new_run(
+        tenant=options.pop("tenant", "acme"), thread_id=options.pop("thread", "th-1"), tools=[INCR], **options
+    )
+    history = await store.thread(spec.tenant, spec.thread_id)
+    await store.submit(spec, first_checkpoint(spec, history), text)
+    return spec
+
+
+def test_a_run_persists_exact_turns_steps_events_and_ledger(redis_url: str) -> None:
+    async def body(client: Redis) -> None:
+        store = RedisStore(client, ttl_s=3600)
+        spec = await submit(store)
+        _, ckpt, status = await store.load(spec.tenant, spec.run_id)
+        engine = ScriptedEngine(counting_script(2))
+        outcome = await Agent(engine, FunctionExecutor({"incr": lambda n: n}), store).run(spec, ckpt)
+        assert (outcome.stop_reason, outcome.steps, status) == ("answer", 3, "queued")
+        turns = await store.thread(spec.tenant, spec.thread_id)
+        assert len(turns) == 1 + 2 + 2 + 1
+        # The stored bytes are exactly what the model saw: the last prompt is prefix + all but the answer.
+        assert engine.requests[-1].prompt == spec.prefix + "".join(turns[:-1]) + "<|im_start|>assistant\n"
+        events = await store.events(spec.tenant, spec.run_id)
+        assert [e.kind for e in events].count("tool_result") == 4 and events[-1].kind == "finished"
+        assert events == sorted(events, key=lambda e: tuple(map(int, e.id.split("-"))))
+        later = await store.events(spec.tenant, spec.run_id, after=events[3].id)
+        assert later == events[4:]
+        record = await store.status(spec.tenant, spec.run_id)
+        assert (record["status"], record["stop_reason"], record["step"]) == ("finished", "answer", "3")
+        keys = sorted(k.decode() for k in await client.keys("*"))
+        assert all(k.startswith("cad:t:acme:") for k in keys if k != QUEUE)
+        ttls = [await client.ttl(k) for k in keys if k != QUEUE]
+        assert ttls and all(0 < ttl <= 3600 for ttl in ttls), dict(zip(keys, ttls, strict=False))
+        assert await client.hlen(f"cad:t:acme:run:{spec.run_id}:ledger") == 4
+
+    with_redis(redis_url, body)
+
+
+def test_tenants_never_share_keys(redis_url: str) -> None:
+    async def body(client: Redis) -> None:
+        store = RedisStore(client)
+        one = await submit(store, "from a", tenant="a", run_id="r1")
+        two = await submit(store, "from b", tenant="b", run_id="r1")
+        assert await store.thread("a", one.thread_id) != await store.thread("b", two.thread_id)
+        assert (await store.load("a", "r1"))[0].tenant == "a"
+        with pytest.raises(Exception, match="must be 1-128"):
+            await store.load("a:run:r1", "x")
+
+    with_redis(redis_url, body)
+
+
+class Crash(BaseException):
+    """Stands in for the process dying in the middle of a tool call."""
+
+
+def test_resume_replays_completed_calls_and_never_reruns_an_interrupted_one(redis_url: str) -> None:
+    effects: dict[int, int] = {}
+
+    def incr(n: int) -> int:
+        effects[n] = effects.get(n, 0) + 1
+        if n == 101:
+            raise Crash
+        return n
+
+    async def body(client: Redis) -> None:
+        store = RedisStore(client)
+        spec = await submit(store)
+        _, ckpt, _ = await store.load(spec.tenant, spec.run_id)
+        executor = FunctionExecutor({"incr": incr})
+        with pytest.raises(Crash):
+            await Agent(ScriptedEngine(counting_script(3)), executor, store).run(spec, ckpt)
+        _, resumed, _ = await store.load(spec.tenant, spec.run_id)
+        assert resumed.step == 1 and len(resumed.turns) == 3
+        engine = ScriptedEngine(counting_script(3))
+        outcome = await Agent(engine, executor, store).run(spec, resumed)
+        assert (outcome.stop_reason, outcome.steps) == ("answer", 4)
+        assert effects == {0: 1, 100: 1, 1: 1, 101: 1, 2: 1, 102: 1}
+        assert '"crashed"' in engine.requests[1].prompt.split("<|im_start|>tool")[-1]
+
+    with_redis(redis_url, body)
+
+
+def test_a_worker_that_lost_its_lease_cannot_commit(redis_url: str) -> None:
+    async def body(client: Redis) -> None:
+        store = RedisStore(client, worker="w1")
+        spec = await submit(store)
+        await client.set(f"cad:t:acme:run:{spec.run_id}:lease", "w2")
+        commit = StepCommit(0, ("<|im_start|>assistant\nhi<|im_end|>\n",), 0, 1, 1, 0, {}, {"step": 0})
+        with pytest.raises(LeaseLostError):
+            await store.commit(spec, commit)
+        assert len(await store.thread(spec.tenant, spec.thread_id)) == 1
+
+    with_redis(redis_url, body)
+
+
+def test_workers_take_runs_from_the_queue_and_cancellation_reaches_them(redis_url: str) -> None:
+    async def body(client: Redis) -> None:
+        store = RedisStore(client, worker="w1")
+        queue = RunQueue(store, lease_ms=1000)
+        runs = [await submit(store, thread=f"th-{n}") for n in range(5)]
+        slow = new_run(tenant="acme", thread_id="slow", tools=[INCR], limits=Limits(max_steps=1000))
+        await store.submit(slow, first_checkpoint(slow, []), "slow")
+        script = counting_script(2)
+        engine = ScriptedEngine(
+            lambda p: script(p) if "slow" not in p else call("incr", n=p.count("tool\n")),
+            latency=Latency(per_token_s=0.001),
+        )
+        worker = Worker(store, queue, Agent(engine, FunctionExecutor({"incr": lambda n: n}), store))
+        stop = asyncio.Event()
+        serving = asyncio.create_task(worker.serve(stop))
+        while worker.finished < len(runs):
+            await asyncio.sleep(0.05)
+        await store.cancel("acme", slow.run_id)
+        while worker.finished < len(runs) + 1:
+            await asyncio.sleep(0.05)
+        stop.set()
+        await serving
+        for spec in runs:
+            assert (await store.status("acme", spec.run_id))["stop_reason"] == "answer"
+        assert (await store.status("acme", slow.run_id))["stop_reason"] == "cancelled"
+        assert await client.xlen(QUEUE) == 0
+
+    with_redis(redis_url, body)
+
+
+def test_a_run_whose_engine_fails_is_marked_failed_and_leaves_the_queue(redis_url: str) -> None:
+    async def body(client: Redis) -> None:
+        store = RedisStore(client, worker="w1")
+        queue = RunQueue(store, lease_ms=1000)
+        spec = await submit(store)
+        engine = ScriptedEngine([])  # an empty script: the first model call raises ScriptError
+        worker = Worker(store, queue, Agent(engine, FunctionExecutor({}), store))
+        stop = asyncio.Event()
+        serving = asyncio.create_task(worker.serve(stop))
+        while (await store.status("acme", spec.run_id))["status"] != "failed":
+            await asyncio.sleep(0.05)
+        stop.set()
+        await serving
+        record = await store.status("acme", spec.run_id)
+        assert "ScriptError" in record["error"]
+        assert [e.kind for e in await store.events("acme", spec.run_id)] == ["failed"]
+        assert await client.ttl(f"cad:t:acme:run:{spec.run_id}:events") > 0
+        assert await client.xlen(QUEUE) == 0
+
+    with_redis(redis_url, body)
+
+
+def test_bytes_written_per_step_do_not_grow_with_the_history(redis_url: str) -> None:
+    """A step appends its own turns and small records; it never rewrites what the thread already holds."""
+
+    async def per_step(store: RedisStore, history: int) -> float:
+        spec = new_run(tenant="acme", thread_id=f"h{history}", tools=[INCR], run_id=f"h{history}")
+        past = [
+            f"<|im_start|>user\nearlier turn {n:04d} with some words in it<|im_end|>\n"
+            for n in range(history)
+        ]
+        if past:
+            await store.redis.rpush(f"cad:t:acme:thread:{spec.thread_id}", *past)
+        await store.submit(spec, first_checkpoint(spec, []), "count")
+        _, ckpt, _ = await store.load(spec.tenant, spec.run_id)
+        agent = Agent(ScriptedEngine(counting_script(5)), FunctionExecutor({"incr": lambda n: n}), store)
+        before = (await store.redis.info("stats"))["total_net_input_bytes"]
+        outcome = await agent.run(spec, ckpt)
+        after = (await store.redis.info("stats"))["total_net_input_bytes"]
+        return float(after - before) / outcome.steps
+
+    async def body(client: Redis) -> None:
+        store = RedisStore(client)
+        await per_step(store, 0)  # the first run also loads the Lua scripts into the server
+        short, long = await per_step(store, 1), await per_step(store, 300)
+        # Only counters grow a digit or two (token counts); the history itself is never sent again.
+        assert abs(long - short) < 0.05 * short, (short, long)
+
+    with_redis(redis_url, body)

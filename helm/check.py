@@ -1,0 +1,397 @@
+"""The chart check behind `make helm-check`: lint, render every scenario, validate what it renders.
+
+For the chart at helm/caduceus it runs, in order, and exits non-zero at the first failure:
+
+1. `helm lint` with the default values and with each scenario in ci/*.yaml;
+2. `helm template` of each scenario, then each rendered object against the Kubernetes schemas
+   (kubernetes-validate, strict: unknown fields fail), the RayService against the openAPIV3Schema of
+   KubeRay's CRD (made strict the same way), and the ServiceMonitor against a small schema of the fields
+   the chart uses (prometheus-operator's CRD is not available offline; this is said in the output);
+3. the chart's own promises on each rendering: resource requests on every container, no Secret objects,
+   a serve config naming deploy.app:build_app whose `args` match the documented document, a GPU worker
+   group per preset, and the `# expect-group:` lines of the scenario (pods and GPUs per group);
+4. every file in helm/bad-values/ must make `helm lint` and `helm template` fail with the message its
+   `# expect-error:` line names (the schema and the template checks do reject bad values);
+5. README.md's values table is the one generated from the `# --` comments of values.yaml.
+
+`python helm/check.py --write-readme` regenerates that table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+HERE = Path(__file__).resolve().parent
+CHART = HERE / "caduceus"
+BAD_VALUES = HERE / "bad-values"
+K8S_VERSIONS = ("1.29.0", "1.37.0")  # the chart's kubeVersion floor and the newest schemas we have
+README_START, README_END = "<!-- values:start -->", "<!-- values:end -->"
+
+Obj = dict[str, Any]
+
+
+class CheckError(Exception):
+    """A check failed; the message says which and why."""
+
+
+def helm(binary: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([binary, *args], capture_output=True, text=True, check=False)
+
+
+def load_crd_schema(path: Path) -> Obj:
+    if not path.is_file():
+        raise CheckError(
+            f"KubeRay's RayService CRD was not found at {path}. Put KubeRay v1.7.0's "
+            "ray.io_rayservices.yaml there (../shared/kuberay/ beside the clone) or name it: "
+            "make helm-check KUBERAY_CRD=/path/to/ray.io_rayservices.yaml"
+        )
+    crd = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return strict(version["schema"]["openAPIV3Schema"])
+
+
+def strict(schema: Any) -> Any:
+    """Reject unknown fields, as the API server's strict field validation does for structural schemas."""
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: strict(value) for key, value in schema.items()}
+    open_object = "additionalProperties" in out or out.get("x-kubernetes-preserve-unknown-fields")
+    if "properties" in out and not open_object:
+        out["additionalProperties"] = False
+    return out
+
+
+# Only the fields the chart renders; the check says plainly that this is not prometheus-operator's CRD.
+SERVICE_MONITOR_SCHEMA: Obj = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "endpoints"],
+            "properties": {
+                "selector": {"type": "object", "required": ["matchLabels"]},
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["port"],
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def args_schema(presets: list[str]) -> Obj:
+    """The serve config's `args` document (README: "The serve-config arguments")."""
+    replicas = closed({"min": {"type": "integer", "minimum": 0}, "max": {"type": "integer", "minimum": 1}})
+    name_or_null = {"type": ["string", "null"], "minLength": 1}
+    model = closed(
+        {
+            "preset": {"enum": presets},
+            "replicas": replicas,
+            "max_ongoing_requests": {"type": "integer", "minimum": 1},
+            "ray_resource": {"type": "string", "minLength": 1},
+        }
+    )
+    return closed(
+        {
+            "models": {"type": "array", "minItems": 1, "items": model},
+            "orchestrator": closed(
+                {"replicas": replicas, "max_concurrent_runs": {"type": "integer", "minimum": 1}}
+            ),
+            "tool_workers": closed(
+                {
+                    "replicas": replicas,
+                    "max_concurrent_calls": {"type": "integer", "minimum": 1},
+                    "ray_resource": name_or_null,
+                }
+            ),
+            "redis": closed({"url_env": {"type": "string"}, "password_env": name_or_null}),
+            "api_keys_env": {"type": "string"},
+            "otlp_endpoint": name_or_null,
+            "model_cache_dir": name_or_null,
+        }
+    )
+
+
+def closed(properties: Obj) -> Obj:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": list(properties),
+        "properties": properties,
+    }
+
+
+def validate_object(obj: Obj, crd_schema: Obj) -> str:
+    """Validates one rendered object; returns what it was checked against."""
+    kind, name = obj["kind"], obj["metadata"]["name"]
+    try:
+        if kind == "RayService":
+            jsonschema.validate(obj, crd_schema)
+            return "KubeRay v1.7.0 CRD"
+        if kind == "ServiceMonitor":
+            jsonschema.validate(obj, SERVICE_MONITOR_SCHEMA)
+            return "the chart's ServiceMonitor subset schema (no prometheus-operator CRD offline)"
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate(obj, version, strict=True)
+        return "Kubernetes " + " and ".join(K8S_VERSIONS)
+    except jsonschema.ValidationError as err:
+        where = "/".join(str(p) for p in err.absolute_path)
+        raise CheckError(f"{kind}/{name}: {where}: {err.message}") from err
+    except kubernetes_validate.SchemaNotFoundError as err:
+        raise CheckError(f"{kind}/{name}: no schema to validate it against: {err.message}") from err
+
+
+def pod_specs(obj: Obj) -> Iterator[tuple[str, Obj]]:
+    spec = obj.get("spec", {})
+    if obj["kind"] in {"Deployment", "StatefulSet"}:
+        yield obj["kind"], spec["template"]["spec"]
+    if obj["kind"] == "RayService":
+        cluster = spec["rayClusterConfig"]
+        yield "head", cluster["headGroupSpec"]["template"]["spec"]
+        for group in cluster.get("workerGroupSpecs", []):
+            yield f"group {group['groupName']}", group["template"]["spec"]
+        if cluster.get("enableInTreeAutoscaling"):
+            yield "autoscaler", {"containers": [{"name": "autoscaler", **cluster["autoscalerOptions"]}]}
+
+
+def check_requests(obj: Obj) -> None:
+    for where, spec in pod_specs(obj):
+        for container in spec.get("containers", []) + spec.get("initContainers", []):
+            requests = container.get("resources", {}).get("requests", {})
+            if "cpu" not in requests or "memory" not in requests:
+                raise CheckError(
+                    f"{obj['kind']} {where}: container {container['name']} requests no cpu/memory"
+                )
+
+
+def check_ray_service(ray: Obj, presets: list[str], expected: dict[str, dict[str, int]]) -> str:
+    serve = yaml.safe_load(ray["spec"]["serveConfigV2"])
+    (app,) = serve["applications"]
+    if app["import_path"] != "deploy.app:build_app" or app["route_prefix"] != "/":
+        raise CheckError(f"serveConfigV2 names {app['import_path']} at {app['route_prefix']}")
+    try:
+        jsonschema.validate(app["args"], args_schema(presets))
+    except jsonschema.ValidationError as err:
+        raise CheckError(f"serveConfigV2 args: {err.message}") from err
+    cluster = ray["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]
+    if head["rayStartParams"].get("num-gpus") != "0":
+        raise CheckError("the Ray head must start with num-gpus 0")
+    env = {e["name"] for e in head["template"]["spec"]["containers"][0]["env"]}
+    args = app["args"]
+    for var in (args["redis"]["url_env"], args["redis"]["password_env"], args["api_keys_env"]):
+        if var is not None and var not in env:
+            raise CheckError(f"serve args name the variable {var}, which the head container does not set")
+    groups = {g["groupName"]: g for g in cluster.get("workerGroupSpecs", []) if g["groupName"] in presets}
+    served = sorted(m["preset"] for m in args["models"])
+    if served != sorted(groups) or sorted(expected) != served:
+        raise CheckError(f"presets served {served}, GPU groups {sorted(groups)}, expected {sorted(expected)}")
+    for name, want in expected.items():
+        group = groups[name]
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        got = {
+            "replicas": group["replicas"],
+            "minReplicas": group["minReplicas"],
+            "maxReplicas": group["maxReplicas"],
+            "gpus": int(limits["nvidia.com/gpu"]),
+        }
+        if {k: got[k] for k in want} != want:
+            raise CheckError(f"group {name}: rendered {got}, the scenario expects {want}")
+    return ", ".join(f"{n}: {groups[n]['replicas']} pod(s) x {expected[n]['gpus']} GPUs" for n in served)
+
+
+EXPECT_GROUP = re.compile(r"^# expect-group: (\S+)((?: \w+=\d+)+)\s*$", re.MULTILINE)
+
+
+def expected_groups(scenario: Path) -> dict[str, dict[str, int]]:
+    found = {}
+    for name, pairs in EXPECT_GROUP.findall(scenario.read_text(encoding="utf-8")):
+        found[name] = {k: int(v) for k, v in (p.split("=") for p in pairs.split())}
+    if not found:
+        raise CheckError(f"{scenario.name} has no `# expect-group: <preset> replicas=N gpus=N` line")
+    return found
+
+
+def check_scenario(binary: str, scenario: Path, crd_schema: Obj, presets: list[str]) -> str:
+    lint = helm(binary, "lint", "--strict", str(CHART), "--values", str(scenario))
+    if lint.returncode != 0:
+        raise CheckError(f"helm lint with {scenario.name} failed:\n{lint.stdout}{lint.stderr}")
+    rendered = helm(binary, "template", "caduceus", str(CHART), "--values", str(scenario))
+    if rendered.returncode != 0:
+        raise CheckError(f"helm template with {scenario.name} failed:\n{rendered.stderr}")
+    objects = [o for o in yaml.safe_load_all(rendered.stdout) if o]
+    kinds: dict[str, int] = {}
+    for obj in objects:
+        against = validate_object(obj, crd_schema)
+        if "subset" in against:
+            print(f"    note: {obj['kind']}/{obj['metadata']['name']} checked against {against}")
+        check_requests(obj)
+        if obj["kind"] == "Secret":
+            raise CheckError("the chart rendered a Secret: secrets are taken by reference only")
+        kinds[obj["kind"]] = kinds.get(obj["kind"], 0) + 1
+    (ray,) = [o for o in objects if o["kind"] == "RayService"]
+    groups = check_ray_service(ray, presets, expected_groups(scenario))
+    summary = " ".join(f"{k}={n}" for k, n in sorted(kinds.items()))
+    return f"{len(objects)} objects valid ({summary}); {groups}"
+
+
+def check_bad_values(binary: str, bad: Path) -> str:
+    """`helm template` must fail with the expected message; so must `helm lint` when the schema catches it.
+
+    helm lint renders in lint mode, where a template's `fail` is only logged, so the checks that the
+    schema cannot express (`# caught-by: template`) fail `helm template` and `helm install` only.
+    """
+    text = bad.read_text(encoding="utf-8")
+    wanted = re.findall(r"^# expect-error: (.+)$", text, re.MULTILINE)
+    caught_by = re.findall(r"^# caught-by: (schema|template)$", text, re.MULTILINE)
+    if not wanted or not caught_by:
+        raise CheckError(f"{bad.name} needs `# expect-error: <message>` and `# caught-by: schema|template`")
+    for command in ("lint", "template") if caught_by[0] == "schema" else ("template",):
+        result = helm(binary, command, str(CHART), "--values", str(bad))
+        output = result.stdout + result.stderr
+        if result.returncode == 0:
+            raise CheckError(f"helm {command} ACCEPTED the bad values {bad.name}")
+        if wanted[0].strip() not in output:
+            raise CheckError(f"helm {command} rejected {bad.name}, not with {wanted[0]!r}:\n{output}")
+    return f"{wanted[0].strip()} (by the {caught_by[0]})"
+
+
+VALUE_KEY = re.compile(r"^(\s*)([A-Za-z_][\w.-]*):")
+
+
+def documented_values(text: str) -> list[tuple[str, str, Any]]:
+    """(key path, description, default) of each key with a `# --` comment; checks every leaf has one."""
+    values = yaml.safe_load(text)
+    stack: list[tuple[int, str]] = []
+    pending: list[str] | None = None
+    rows: list[tuple[str, str, Any]] = []
+    leaves: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("# --"):
+            pending = [stripped[4:].strip()]
+            continue
+        if pending is not None and stripped.startswith("#"):
+            pending.append(stripped[1:].strip())
+            continue
+        match = VALUE_KEY.match(line)
+        if match:
+            indent = len(match.group(1))
+            stack = [(i, k) for i, k in stack if i < indent] + [(indent, match.group(2))]
+            path = ".".join(k for _, k in stack)
+            found, value = lookup(values, path)
+            if found and pending is not None:
+                rows.append((path, " ".join(pending), value))
+            if found and (not isinstance(value, dict) or not value):
+                leaves.append(path)
+        pending = None
+    documented = {row[0] for row in rows}
+    for leaf in leaves:
+        parts = leaf.split(".")
+        if not any(".".join(parts[:n]) in documented for n in range(1, len(parts) + 1)):
+            raise CheckError(f"values.yaml: {leaf} has no `# --` comment (nor has a parent)")
+    return rows
+
+
+def lookup(values: Any, path: str) -> tuple[bool, Any]:
+    for key in path.split("."):
+        if not isinstance(values, dict) or key not in values:
+            return False, None
+        values = values[key]
+    return True, values
+
+
+def values_table() -> str:
+    rows = documented_values((CHART / "values.yaml").read_text(encoding="utf-8"))
+    lines = ["| Key | Default | Description |", "|-----|---------|-------------|"]
+    for path, description, value in rows:
+        default = json.dumps(value, separators=(", ", ": ")).replace("|", "\\|")
+        text = description.replace("|", "\\|")
+        lines.append(f"| `{path}` | `{default}` | {text} |")
+    return "\n".join(lines)
+
+
+def readme_with_table(readme: str) -> str:
+    before, _, rest = readme.partition(README_START)
+    _, _, after = rest.partition(README_END)
+    if not rest:
+        raise CheckError(f"helm/caduceus/README.md lacks the markers {README_START} ... {README_END}")
+    return f"{before}{README_START}\n{values_table()}\n{README_END}{after}"
+
+
+def run_checks(binary: str, crd: Path) -> None:
+    crd_schema = load_crd_schema(crd)
+    schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
+    presets = schema["properties"]["models"]["items"]["properties"]["preset"]["enum"]
+    lint = helm(binary, "lint", "--strict", str(CHART))
+    if lint.returncode != 0:
+        raise CheckError(f"helm lint (default values) failed:\n{lint.stdout}{lint.stderr}")
+    print("ok   helm lint --strict (default values)")
+    scenarios = sorted((CHART / "ci").glob("*.yaml"))
+    if len(scenarios) < 4:
+        raise CheckError(f"expected at least 4 scenarios in {CHART / 'ci'}, found {len(scenarios)}")
+    for scenario in scenarios:
+        print(f"ok   ci/{scenario.name}: {check_scenario(binary, scenario, crd_schema, presets)}")
+    bad_files = sorted(BAD_VALUES.glob("*.yaml"))
+    if not bad_files:
+        raise CheckError(f"no negative cases in {BAD_VALUES}")
+    for bad in bad_files:
+        print(f"ok   bad-values/{bad.name} rejected: {check_bad_values(binary, bad)}")
+    readme = (CHART / "README.md").read_text(encoding="utf-8")
+    if readme_with_table(readme) != readme:
+        raise CheckError(
+            "helm/caduceus/README.md's values table is stale: python helm/check.py --write-readme"
+        )
+    print("ok   README.md values table matches values.yaml")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--helm", default=".tools/helm", help="the helm binary")
+    parser.add_argument("--crd", type=Path, default=Path("../shared/kuberay/ray.io_rayservices.yaml"))
+    parser.add_argument("--write-readme", action="store_true", help="regenerate the README's values table")
+    options = parser.parse_args()
+    started = time.monotonic()
+    try:
+        if options.write_readme:
+            readme = CHART / "README.md"
+            readme.write_text(readme_with_table(readme.read_text(encoding="utf-8")), encoding="utf-8")
+            return 0
+        run_checks(options.helm, options.crd)
+    except CheckError as err:
+        print(f"FAIL {err}", file=sys.stderr)
+        return 1
+    print(f"helm-check passed in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

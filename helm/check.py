@@ -110,32 +110,31 @@ SERVICE_MONITOR_SCHEMA: Obj = {
 def args_schema(presets: list[str]) -> Obj:
     """The serve config's `args` document (README: "The serve-config arguments")."""
     replicas = closed({"min": {"type": "integer", "minimum": 0}, "max": {"type": "integer", "minimum": 1}})
-    name_or_null = {"type": ["string", "null"], "minLength": 1}
+    text = {"type": "string", "minLength": 1}
+    text_or_null = {"type": ["string", "null"], "minLength": 1}
+    count = {"type": "integer", "minimum": 1}
     model = closed(
         {
             "preset": {"enum": presets},
             "replicas": replicas,
-            "max_ongoing_requests": {"type": "integer", "minimum": 1},
-            "ray_resource": {"type": "string", "minLength": 1},
+            "max_ongoing_requests": count,
+            "ray_resource": text,
         }
     )
     return closed(
         {
+            "api": closed({"ray_resource": text}),
             "models": {"type": "array", "minItems": 1, "items": model},
             "orchestrator": closed(
-                {"replicas": replicas, "max_concurrent_runs": {"type": "integer", "minimum": 1}}
+                {"replicas": replicas, "max_concurrent_runs": count, "ray_resource": text}
             ),
             "tool_workers": closed(
-                {
-                    "replicas": replicas,
-                    "max_concurrent_calls": {"type": "integer", "minimum": 1},
-                    "ray_resource": name_or_null,
-                }
+                {"replicas": replicas, "max_concurrent_calls": count, "ray_resource": text}
             ),
-            "redis": closed({"url_env": {"type": "string"}, "password_env": name_or_null}),
-            "api_keys_env": {"type": "string"},
-            "otlp_endpoint": name_or_null,
-            "model_cache_dir": name_or_null,
+            "redis": closed({"url_env": text, "password_env": text_or_null}),
+            "api_keys_env": text,
+            "otlp_endpoint": text_or_null,
+            "model_cache_dir": text_or_null,
         }
     )
 
@@ -192,7 +191,7 @@ def check_requests(obj: Obj) -> None:
                 )
 
 
-def check_ray_service(ray: Obj, presets: list[str], expected: dict[str, dict[str, int]]) -> str:
+def serve_args(ray: Obj, presets: list[str]) -> Obj:
     serve = yaml.safe_load(ray["spec"]["serveConfigV2"])
     (app,) = serve["applications"]
     if app["import_path"] != "deploy.app:build_app" or app["route_prefix"] != "/":
@@ -201,15 +200,39 @@ def check_ray_service(ray: Obj, presets: list[str], expected: dict[str, dict[str
         jsonschema.validate(app["args"], args_schema(presets))
     except jsonschema.ValidationError as err:
         raise CheckError(f"serveConfigV2 args: {err.message}") from err
-    cluster = ray["spec"]["rayClusterConfig"]
+    args: Obj = app["args"]
+    return args
+
+
+def ray_resources(group: Obj) -> dict[str, int]:
+    """The custom Ray resources a group advertises (rayStartParams `resources`, a quoted JSON string)."""
+    raw = group["rayStartParams"].get("resources")
+    return json.loads(json.loads(raw)) if raw else {}
+
+
+def check_placement(cluster: Obj, args: Obj) -> None:
+    """Each Ray resource the args pin a deployment to is advertised by a group; secrets stay on the head."""
     head = cluster["headGroupSpec"]
     if head["rayStartParams"].get("num-gpus") != "0":
         raise CheckError("the Ray head must start with num-gpus 0")
+    groups = [head, *cluster.get("workerGroupSpecs", [])]
+    advertised = {name for g in groups for name in ray_resources(g)}
+    pinned = [args["api"], args["orchestrator"], args["tool_workers"], *args["models"]]
+    for missing in {p["ray_resource"] for p in pinned} - advertised:
+        raise CheckError(f"serve args pin deployments to Ray resource {missing}, which no group advertises")
     env = {e["name"] for e in head["template"]["spec"]["containers"][0]["env"]}
-    args = app["args"]
     for var in (args["redis"]["url_env"], args["redis"]["password_env"], args["api_keys_env"]):
         if var is not None and var not in env:
             raise CheckError(f"serve args name the variable {var}, which the head container does not set")
+    for group in cluster.get("workerGroupSpecs", []):
+        for item in group["template"]["spec"]["containers"][0].get("env", []):
+            if "valueFrom" in item and item["name"] != "HF_TOKEN":
+                raise CheckError(
+                    f"group {group['groupName']} gets the secret {item['name']}; only the head may"
+                )
+
+
+def check_gpu_groups(cluster: Obj, args: Obj, presets: list[str], expected: dict[str, dict[str, int]]) -> str:
     groups = {g["groupName"]: g for g in cluster.get("workerGroupSpecs", []) if g["groupName"] in presets}
     served = sorted(m["preset"] for m in args["models"])
     if served != sorted(groups) or sorted(expected) != served:
@@ -226,6 +249,13 @@ def check_ray_service(ray: Obj, presets: list[str], expected: dict[str, dict[str
         if {k: got[k] for k in want} != want:
             raise CheckError(f"group {name}: rendered {got}, the scenario expects {want}")
     return ", ".join(f"{n}: {groups[n]['replicas']} pod(s) x {expected[n]['gpus']} GPUs" for n in served)
+
+
+def check_ray_service(ray: Obj, presets: list[str], expected: dict[str, dict[str, int]]) -> str:
+    args = serve_args(ray, presets)
+    cluster = ray["spec"]["rayClusterConfig"]
+    check_placement(cluster, args)
+    return check_gpu_groups(cluster, args, presets, expected)
 
 
 EXPECT_GROUP = re.compile(r"^# expect-group: (\S+)((?: \w+=\d+)+)\s*$", re.MULTILINE)
@@ -247,6 +277,11 @@ def check_scenario(binary: str, scenario: Path, crd_schema: Obj, presets: list[s
     rendered = helm(binary, "template", "caduceus", str(CHART), "--values", str(scenario))
     if rendered.returncode != 0:
         raise CheckError(f"helm template with {scenario.name} failed:\n{rendered.stderr}")
+    notes = helm(binary, "install", "caduceus", str(CHART), "--dry-run=client", "--values", str(scenario))
+    if notes.returncode != 0 or "\nNOTES:\n" not in notes.stdout:
+        raise CheckError(
+            f"helm install --dry-run=client with {scenario.name} printed no NOTES:\n{notes.stderr}"
+        )
     objects = [o for o in yaml.safe_load_all(rendered.stdout) if o]
     kinds: dict[str, int] = {}
     for obj in objects:

@@ -64,6 +64,9 @@ replica bounds times that.
 {{- $perNode := int .ctx.Values.gpuWorkers.gpusPerNode }}
 {{- $gpus := mul (int $p.tp) (int $p.pp) }}
 {{- $pods := div (add $gpus $perNode -1) $perNode }}
+{{- if and (eq $p.placement "STRICT_PACK") (gt $gpus $perNode) }}
+{{- fail (printf "models: preset %s packs its %d GPUs on one node (STRICT_PACK), more than gpuWorkers.gpusPerNode=%d" .model.preset $gpus $perNode) }}
+{{- end }}
 {{- if and (gt $gpus $perNode) (ne (mod $gpus $perNode) 0) }}
 {{- fail (printf "models: preset %s needs %d GPUs, not a multiple of gpuWorkers.gpusPerNode=%d" .model.preset $gpus $perNode) }}
 {{- end }}
@@ -81,6 +84,11 @@ caduceus-{{ . }}
 
 {{- define "caduceus.toolResource" -}}
 caduceus-tools
+{{- end }}
+
+{{/* Carried by the head only: the API ingress and orchestrator replicas require it, so they run where their secrets are. */}}
+{{- define "caduceus.controlResource" -}}
+caduceus-control
 {{- end }}
 
 {{- define "caduceus.redisHost" -}}
@@ -128,8 +136,11 @@ Checks that the schema cannot express; each fails rendering with a message namin
 {{- if not .Values.apiKeys.existingSecret }}{{ fail "apiKeys.existingSecret is required: the name of a secret holding the API keys" }}{{ end }}
 {{- end }}
 
-{{/* Environment shared by every Ray container: where Redis, the API keys and the trace pipeline are. */}}
-{{- define "caduceus.env" -}}
+{{/*
+The control plane's environment (the head: API ingress and orchestrator): the API keys and Redis. Worker
+pods never get it; tool workers run model-directed code and must not hold credentials.
+*/}}
+{{- define "caduceus.controlEnv" -}}
 - name: CADUCEUS_API_KEYS
   valueFrom:
     secretKeyRef:
@@ -166,6 +177,10 @@ Checks that the schema cannot express; each fails rendering with a message namin
       key: {{ .Values.redis.internal.passwordKey }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/* Every Ray container: where traces go. */}}
+{{- define "caduceus.telemetryEnv" -}}
 {{- with include "caduceus.otlpEndpoint" . }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ . | quote }}
@@ -184,6 +199,8 @@ The serve config's `args`: the document deploy.app:build_app validates (see READ
 arguments"). Keys are snake_case; every replica bound is {min, max}.
 */}}
 {{- define "caduceus.serveArgs" -}}
+api:
+  ray_resource: {{ include "caduceus.controlResource" . }}
 models:
 {{- range .Values.models }}
   - preset: {{ .preset }}
@@ -194,10 +211,11 @@ models:
 orchestrator:
   replicas: {min: {{ int .Values.orchestrator.replicas.min }}, max: {{ int .Values.orchestrator.replicas.max }}}
   max_concurrent_runs: {{ int .Values.orchestrator.maxConcurrentRuns }}
+  ray_resource: {{ include "caduceus.controlResource" . }}
 tool_workers:
   replicas: {min: {{ int .Values.toolWorkers.replicas.min }}, max: {{ int .Values.toolWorkers.replicas.max }}}
   max_concurrent_calls: {{ int .Values.toolWorkers.maxConcurrentCalls }}
-  ray_resource: {{ if .Values.toolWorkers.pool.enabled }}{{ include "caduceus.toolResource" . }}{{ else }}null{{ end }}
+  ray_resource: {{ if .Values.toolWorkers.pool.enabled }}{{ include "caduceus.toolResource" . }}{{ else }}{{ include "caduceus.controlResource" . }}{{ end }}
 redis:
   url_env: CADUCEUS_REDIS_URL
   password_env: {{ if include "caduceus.hasRedisPassword" . }}CADUCEUS_REDIS_PASSWORD{{ else }}null{{ end }}

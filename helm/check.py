@@ -251,9 +251,34 @@ def check_gpu_groups(cluster: Obj, args: Obj, presets: list[str], expected: dict
     return ", ".join(f"{n}: {groups[n]['replicas']} pod(s) x {expected[n]['gpus']} GPUs" for n in served)
 
 
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def check_operator_rules(ray: Obj) -> None:
+    """Rules the KubeRay operator enforces when it reconciles, which its CRD schema does not express."""
+    name, cluster = ray["metadata"]["name"], ray["spec"]["rayClusterConfig"]
+    if len(name) > 47 or not DNS_1035.match(name):
+        raise CheckError(f"RayService name {name!r}: KubeRay needs a DNS-1035 label of at most 47 characters")
+    options = cluster.get("autoscalerOptions", {})
+    v2 = cluster.get("enableInTreeAutoscaling", False) and options.get("version") == "v2"
+    for group in [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]:
+        where = f"group {group.get('groupName', 'head')}"
+        if "labels" in group.get("rayStartParams", {}):
+            raise CheckError(f"{where}: rayStartParams.labels is refused by KubeRay; use the group's labels")
+        if group.get("resources") and "resources" in group.get("rayStartParams", {}):
+            raise CheckError(f"{where}: resources in both rayStartParams and the group's resources")
+        if "idleTimeoutSeconds" in group and not v2:
+            raise CheckError(f"{where}: idleTimeoutSeconds needs the in-tree autoscaler at version v2")
+        if v2 and group["template"]["spec"].get("restartPolicy", "Never") != "Never":
+            raise CheckError(f"{where}: autoscaler v2 needs restartPolicy Never or unset")
+        if "groupName" in group and not group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]:
+            raise CheckError(f"{where}: replicas outside [minReplicas, maxReplicas]")
+
+
 def check_ray_service(ray: Obj, presets: list[str], expected: dict[str, dict[str, int]]) -> str:
     args = serve_args(ray, presets)
     cluster = ray["spec"]["rayClusterConfig"]
+    check_operator_rules(ray)
     check_placement(cluster, args)
     return check_gpu_groups(cluster, args, presets, expected)
 

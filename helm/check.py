@@ -295,6 +295,28 @@ def expected_groups(scenario: Path) -> dict[str, dict[str, int]]:
     return found
 
 
+DASHBOARD_PANELS = (
+    "runs",
+    "steps",
+    "tool call latency",
+    "tool call errors",
+    "token throughput",
+    "queue depth",
+)
+DASHBOARD_PANELS += ("time to first token",)
+
+
+def check_dashboard(objects: list[Obj]) -> None:
+    """The dashboard ConfigMap holds a JSON dashboard with a panel for each figure operators asked for."""
+    for obj in objects:
+        if obj["kind"] == "ConfigMap" and "caduceus.json" in obj.get("data", {}):
+            titles = " | ".join(
+                p["title"].lower() for p in json.loads(obj["data"]["caduceus.json"])["panels"]
+            )
+            for missing in [p for p in DASHBOARD_PANELS if p not in titles]:
+                raise CheckError(f"the Grafana dashboard has no panel for {missing}")
+
+
 def check_scenario(binary: str, scenario: Path, crd_schema: Obj, presets: list[str]) -> str:
     lint = helm(binary, "lint", "--strict", str(CHART), "--values", str(scenario))
     if lint.returncode != 0:
@@ -317,6 +339,7 @@ def check_scenario(binary: str, scenario: Path, crd_schema: Obj, presets: list[s
         if obj["kind"] == "Secret":
             raise CheckError("the chart rendered a Secret: secrets are taken by reference only")
         kinds[obj["kind"]] = kinds.get(obj["kind"], 0) + 1
+    check_dashboard(objects)
     (ray,) = [o for o in objects if o["kind"] == "RayService"]
     groups = check_ray_service(ray, presets, expected_groups(scenario))
     summary = " ".join(f"{k}={n}" for k, n in sorted(kinds.items()))

@@ -302,8 +302,8 @@ DASHBOARD_PANELS = (
     "tool call errors",
     "token throughput",
     "queue depth",
+    "time to first token",
 )
-DASHBOARD_PANELS += ("time to first token",)
 
 
 def check_dashboard(objects: list[Obj]) -> None:

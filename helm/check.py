@@ -194,6 +194,8 @@ def check_requests(obj: Obj) -> None:
 def serve_args(ray: Obj, presets: list[str]) -> Obj:
     serve = yaml.safe_load(ray["spec"]["serveConfigV2"])
     (app,) = serve["applications"]
+    if serve.get("proxy_location") != "HeadOnly":
+        raise CheckError("serveConfigV2 must keep the HTTP proxy on the head (proxy_location: HeadOnly)")
     if app["import_path"] != "deploy.app:build_app" or app["route_prefix"] != "/":
         raise CheckError(f"serveConfigV2 names {app['import_path']} at {app['route_prefix']}")
     try:

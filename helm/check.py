@@ -32,6 +32,7 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import yaml
+from jsonschema.protocols import Validator
 
 HERE = Path(__file__).resolve().parent
 CHART = HERE / "caduceus"
@@ -50,7 +51,7 @@ def helm(binary: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([binary, *args], capture_output=True, text=True, check=False)
 
 
-def load_crd_schema(path: Path) -> Obj:
+def load_crd_validator(path: Path) -> Validator:
     if not path.is_file():
         raise CheckError(
             f"KubeRay's RayService CRD was not found at {path}. Put KubeRay v1.7.0's "
@@ -59,7 +60,11 @@ def load_crd_schema(path: Path) -> Obj:
         )
     crd = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    return strict(version["schema"]["openAPIV3Schema"])
+    schema = strict(version["schema"]["openAPIV3Schema"])
+    # Checking a 1 MB schema is the slow part of validating against it: check it once, then reuse it.
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
 
 
 def strict(schema: Any) -> Any:
@@ -148,12 +153,12 @@ def closed(properties: Obj) -> Obj:
     }
 
 
-def validate_object(obj: Obj, crd_schema: Obj) -> str:
+def validate_object(obj: Obj, crd: Validator) -> str:
     """Validates one rendered object; returns what it was checked against."""
     kind, name = obj["kind"], obj["metadata"]["name"]
     try:
         if kind == "RayService":
-            jsonschema.validate(obj, crd_schema)
+            crd.validate(obj)
             return "KubeRay v1.7.0 CRD"
         if kind == "ServiceMonitor":
             jsonschema.validate(obj, SERVICE_MONITOR_SCHEMA)
@@ -319,7 +324,7 @@ def check_dashboard(objects: list[Obj]) -> None:
                 raise CheckError(f"the Grafana dashboard has no panel for {missing}")
 
 
-def check_scenario(binary: str, scenario: Path, crd_schema: Obj, presets: list[str]) -> str:
+def check_scenario(binary: str, scenario: Path, crd: Validator, presets: list[str]) -> str:
     lint = helm(binary, "lint", "--strict", str(CHART), "--values", str(scenario))
     if lint.returncode != 0:
         raise CheckError(f"helm lint with {scenario.name} failed:\n{lint.stdout}{lint.stderr}")
@@ -334,7 +339,7 @@ def check_scenario(binary: str, scenario: Path, crd_schema: Obj, presets: list[s
     objects = [o for o in yaml.safe_load_all(rendered.stdout) if o]
     kinds: dict[str, int] = {}
     for obj in objects:
-        against = validate_object(obj, crd_schema)
+        against = validate_object(obj, crd)
         if "subset" in against:
             print(f"    note: {obj['kind']}/{obj['metadata']['name']} checked against {against}")
         check_requests(obj)
@@ -433,7 +438,7 @@ def readme_with_table(readme: str) -> str:
 
 
 def run_checks(binary: str, crd: Path) -> None:
-    crd_schema = load_crd_schema(crd)
+    crd_validator = load_crd_validator(crd)
     schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
     presets = schema["properties"]["models"]["items"]["properties"]["preset"]["enum"]
     lint = helm(binary, "lint", "--strict", str(CHART))
@@ -444,7 +449,7 @@ def run_checks(binary: str, crd: Path) -> None:
     if len(scenarios) < 4:
         raise CheckError(f"expected at least 4 scenarios in {CHART / 'ci'}, found {len(scenarios)}")
     for scenario in scenarios:
-        print(f"ok   ci/{scenario.name}: {check_scenario(binary, scenario, crd_schema, presets)}")
+        print(f"ok   ci/{scenario.name}: {check_scenario(binary, scenario, crd_validator, presets)}")
     bad_files = sorted(BAD_VALUES.glob("*.yaml"))
     if not bad_files:
         raise CheckError(f"no negative cases in {BAD_VALUES}")

@@ -20,6 +20,7 @@ For the chart at helm/caduceus it runs, in order, and exits non-zero at the firs
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import re
 import subprocess
@@ -33,6 +34,8 @@ import jsonschema
 import kubernetes_validate
 import yaml
 from jsonschema.protocols import Validator
+
+from deploy.presets import PRESETS
 
 HERE = Path(__file__).resolve().parent
 CHART = HERE / "caduceus"
@@ -437,10 +440,51 @@ def readme_with_table(readme: str) -> str:
     return f"{before}{README_START}\n{values_table()}\n{README_END}{after}"
 
 
+def chart_presets() -> Obj:
+    """The preset table the chart sizes GPU groups from (the `caduceus.presets` define in _helpers.tpl)."""
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text(encoding="utf-8")
+    found = re.search(r'define "caduceus\.presets" -}}\n(.*?)\n{{- end }}', helpers, re.DOTALL)
+    if not found:
+        raise CheckError("_helpers.tpl lost its caduceus.presets define")
+    table: Obj = yaml.safe_load(found.group(1))
+    return table
+
+
+def check_agrees_with_service(schema: Obj) -> None:
+    """The chart's presets, preset names and Ray version are the service's (deploy/presets.py, pyproject)."""
+    service = {
+        p.name: {
+            "hf": p.model_source,
+            "tp": p.tensor_parallel_size,
+            "pp": p.pipeline_parallel_size,
+            "placement": p.strategy,
+            "maxModelLen": p.max_model_len,
+        }
+        for p in PRESETS.values()
+    }
+    chart = chart_presets()
+    for name in sorted(set(chart) | set(service)):
+        if chart.get(name) != service.get(name):
+            raise CheckError(
+                f"preset {name}: the chart says {chart.get(name)}, deploy/presets.py {service.get(name)}"
+            )
+    enum = schema["properties"]["models"]["items"]["properties"]["preset"]["enum"]
+    if sorted(enum) != sorted(service):
+        raise CheckError(
+            f"values.schema.json's preset enum {enum} is not deploy/presets.py's {sorted(service)}"
+        )
+    values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    ray = importlib.metadata.version("ray")
+    if values["ray"]["version"] != ray:
+        raise CheckError(f"values.yaml ray.version {values['ray']['version']} is not the project's Ray {ray}")
+
+
 def run_checks(binary: str, crd: Path) -> None:
     crd_validator = load_crd_validator(crd)
     schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
     presets = schema["properties"]["models"]["items"]["properties"]["preset"]["enum"]
+    check_agrees_with_service(schema)
+    print("ok   presets, preset names and Ray version agree with deploy/presets.py and the project's Ray")
     lint = helm(binary, "lint", "--strict", str(CHART))
     if lint.returncode != 0:
         raise CheckError(f"helm lint (default values) failed:\n{lint.stdout}{lint.stderr}")

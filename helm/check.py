@@ -2,25 +2,29 @@
 
 For the chart at helm/caduceus it runs, in order, and exits non-zero at the first failure:
 
-1. `helm lint` with the default values and with each scenario in ci/*.yaml;
+0. the chart's preset table, the schema's preset names and `ray.version` agree with deploy/presets.py and
+   the project's Ray;
+1. `helm lint --strict` with the default values and with each scenario in ci/*.yaml;
 2. `helm template` of each scenario, then each rendered object against the Kubernetes schemas
    (kubernetes-validate, strict: unknown fields fail), the RayService against the openAPIV3Schema of
    KubeRay's CRD (made strict the same way), and the ServiceMonitor against a small schema of the fields
    the chart uses (prometheus-operator's CRD is not available offline; this is said in the output);
-3. the chart's own promises on each rendering: resource requests on every container, no Secret objects,
-   a serve config naming deploy.app:build_app whose `args` match the documented document, a GPU worker
-   group per preset, and the `# expect-group:` lines of the scenario (pods and GPUs per group);
-4. every file in helm/bad-values/ must make `helm lint` and `helm template` fail with the message its
-   `# expect-error:` line names (the schema and the template checks do reject bad values);
+3. the chart's own promises on each rendering: NOTES render, resource requests on every container, no
+   Secret objects, the dashboard's panels, the KubeRay operator's own spec rules, a serve config naming
+   deploy.app:build_app whose `args` match the documented document, every Ray resource it pins to is
+   advertised, credentials on the head only, and the scenario's `# expect-group:` lines (pods and GPUs);
+4. every file in helm/bad-values/ must make `helm template` fail with the message its `# expect-error:`
+   line names, and `helm lint` too when the schema is what catches it;
 5. README.md's values table is the one generated from the `# --` comments of values.yaml.
 
-`python helm/check.py --write-readme` regenerates that table.
+`python helm/check.py --write-readme` regenerates that table. The RayService's own promises live in
+chartcheck/rayservice.py (it also holds the chart's presets against deploy/presets.py), the values
+documentation in chartcheck/values_doc.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import re
 import subprocess
@@ -33,21 +37,13 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import yaml
+from chartcheck import CHART, CheckError, Obj
+from chartcheck.rayservice import check_agrees_with_service, check_ray_service, expected_groups
+from chartcheck.values_doc import readme_with_table
 from jsonschema.protocols import Validator
 
-from deploy.presets import PRESETS
-
-HERE = Path(__file__).resolve().parent
-CHART = HERE / "caduceus"
-BAD_VALUES = HERE / "bad-values"
+BAD_VALUES = Path(__file__).resolve().parent / "bad-values"
 K8S_VERSIONS = ("1.29.0", "1.37.0")  # the chart's kubeVersion floor and the newest schemas we have
-README_START, README_END = "<!-- values:start -->", "<!-- values:end -->"
-
-Obj = dict[str, Any]
-
-
-class CheckError(Exception):
-    """A check failed; the message says which and why."""
 
 
 def helm(binary: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -84,6 +80,7 @@ def strict(schema: Any) -> Any:
 
 
 # Only the fields the chart renders; the check says plainly that this is not prometheus-operator's CRD.
+
 SERVICE_MONITOR_SCHEMA: Obj = {
     "type": "object",
     "required": ["apiVersion", "kind", "metadata", "spec"],
@@ -113,47 +110,6 @@ SERVICE_MONITOR_SCHEMA: Obj = {
         },
     },
 }
-
-
-def args_schema(presets: list[str]) -> Obj:
-    """The serve config's `args` document (README: "The serve-config arguments")."""
-    replicas = closed({"min": {"type": "integer", "minimum": 0}, "max": {"type": "integer", "minimum": 1}})
-    text = {"type": "string", "minLength": 1}
-    text_or_null = {"type": ["string", "null"], "minLength": 1}
-    count = {"type": "integer", "minimum": 1}
-    model = closed(
-        {
-            "preset": {"enum": presets},
-            "replicas": replicas,
-            "max_ongoing_requests": count,
-            "ray_resource": text,
-        }
-    )
-    return closed(
-        {
-            "api": closed({"ray_resource": text}),
-            "models": {"type": "array", "minItems": 1, "items": model},
-            "orchestrator": closed(
-                {"replicas": replicas, "max_concurrent_runs": count, "ray_resource": text}
-            ),
-            "tool_workers": closed(
-                {"replicas": replicas, "max_concurrent_calls": count, "ray_resource": text}
-            ),
-            "redis": closed({"url_env": text, "password_env": text_or_null}),
-            "api_keys_env": text,
-            "otlp_endpoint": text_or_null,
-            "model_cache_dir": text_or_null,
-        }
-    )
-
-
-def closed(properties: Obj) -> Obj:
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "required": list(properties),
-        "properties": properties,
-    }
 
 
 def validate_object(obj: Obj, crd: Validator) -> str:
@@ -197,112 +153,6 @@ def check_requests(obj: Obj) -> None:
                 raise CheckError(
                     f"{obj['kind']} {where}: container {container['name']} requests no cpu/memory"
                 )
-
-
-def serve_args(ray: Obj, presets: list[str]) -> Obj:
-    serve = yaml.safe_load(ray["spec"]["serveConfigV2"])
-    (app,) = serve["applications"]
-    if serve.get("proxy_location") != "HeadOnly":
-        raise CheckError("serveConfigV2 must keep the HTTP proxy on the head (proxy_location: HeadOnly)")
-    if app["import_path"] != "deploy.app:build_app" or app["route_prefix"] != "/":
-        raise CheckError(f"serveConfigV2 names {app['import_path']} at {app['route_prefix']}")
-    try:
-        jsonschema.validate(app["args"], args_schema(presets))
-    except jsonschema.ValidationError as err:
-        raise CheckError(f"serveConfigV2 args: {err.message}") from err
-    args: Obj = app["args"]
-    return args
-
-
-def ray_resources(group: Obj) -> dict[str, int]:
-    """The custom Ray resources a group advertises (rayStartParams `resources`, a quoted JSON string)."""
-    raw = group["rayStartParams"].get("resources")
-    return json.loads(json.loads(raw)) if raw else {}
-
-
-def check_placement(cluster: Obj, args: Obj) -> None:
-    """Each Ray resource the args pin a deployment to is advertised by a group; secrets stay on the head."""
-    head = cluster["headGroupSpec"]
-    if head["rayStartParams"].get("num-gpus") != "0":
-        raise CheckError("the Ray head must start with num-gpus 0")
-    groups = [head, *cluster.get("workerGroupSpecs", [])]
-    advertised = {name for g in groups for name in ray_resources(g)}
-    pinned = [args["api"], args["orchestrator"], args["tool_workers"], *args["models"]]
-    for missing in {p["ray_resource"] for p in pinned} - advertised:
-        raise CheckError(f"serve args pin deployments to Ray resource {missing}, which no group advertises")
-    env = {e["name"] for e in head["template"]["spec"]["containers"][0]["env"]}
-    for var in (args["redis"]["url_env"], args["redis"]["password_env"], args["api_keys_env"]):
-        if var is not None and var not in env:
-            raise CheckError(f"serve args name the variable {var}, which the head container does not set")
-    for group in cluster.get("workerGroupSpecs", []):
-        for item in group["template"]["spec"]["containers"][0].get("env", []):
-            if "valueFrom" in item and item["name"] != "HF_TOKEN":
-                raise CheckError(
-                    f"group {group['groupName']} gets the secret {item['name']}; only the head may"
-                )
-
-
-def check_gpu_groups(cluster: Obj, args: Obj, presets: list[str], expected: dict[str, dict[str, int]]) -> str:
-    groups = {g["groupName"]: g for g in cluster.get("workerGroupSpecs", []) if g["groupName"] in presets}
-    served = sorted(m["preset"] for m in args["models"])
-    if served != sorted(groups) or sorted(expected) != served:
-        raise CheckError(f"presets served {served}, GPU groups {sorted(groups)}, expected {sorted(expected)}")
-    for name, want in expected.items():
-        group = groups[name]
-        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
-        got = {
-            "replicas": group["replicas"],
-            "minReplicas": group["minReplicas"],
-            "maxReplicas": group["maxReplicas"],
-            "gpus": int(limits["nvidia.com/gpu"]),
-        }
-        if {k: got[k] for k in want} != want:
-            raise CheckError(f"group {name}: rendered {got}, the scenario expects {want}")
-    return ", ".join(f"{n}: {groups[n]['replicas']} pod(s) x {expected[n]['gpus']} GPUs" for n in served)
-
-
-DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-
-
-def check_operator_rules(ray: Obj) -> None:
-    """Rules the KubeRay operator enforces when it reconciles, which its CRD schema does not express."""
-    name, cluster = ray["metadata"]["name"], ray["spec"]["rayClusterConfig"]
-    if len(name) > 47 or not DNS_1035.match(name):
-        raise CheckError(f"RayService name {name!r}: KubeRay needs a DNS-1035 label of at most 47 characters")
-    options = cluster.get("autoscalerOptions", {})
-    v2 = cluster.get("enableInTreeAutoscaling", False) and options.get("version") == "v2"
-    for group in [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]:
-        where = f"group {group.get('groupName', 'head')}"
-        if "labels" in group.get("rayStartParams", {}):
-            raise CheckError(f"{where}: rayStartParams.labels is refused by KubeRay; use the group's labels")
-        if group.get("resources") and "resources" in group.get("rayStartParams", {}):
-            raise CheckError(f"{where}: resources in both rayStartParams and the group's resources")
-        if "idleTimeoutSeconds" in group and not v2:
-            raise CheckError(f"{where}: idleTimeoutSeconds needs the in-tree autoscaler at version v2")
-        if v2 and group["template"]["spec"].get("restartPolicy", "Never") != "Never":
-            raise CheckError(f"{where}: autoscaler v2 needs restartPolicy Never or unset")
-        if "groupName" in group and not group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]:
-            raise CheckError(f"{where}: replicas outside [minReplicas, maxReplicas]")
-
-
-def check_ray_service(ray: Obj, presets: list[str], expected: dict[str, dict[str, int]]) -> str:
-    args = serve_args(ray, presets)
-    cluster = ray["spec"]["rayClusterConfig"]
-    check_operator_rules(ray)
-    check_placement(cluster, args)
-    return check_gpu_groups(cluster, args, presets, expected)
-
-
-EXPECT_GROUP = re.compile(r"^# expect-group: (\S+)((?: \w+=\d+)+)\s*$", re.MULTILINE)
-
-
-def expected_groups(scenario: Path) -> dict[str, dict[str, int]]:
-    found = {}
-    for name, pairs in EXPECT_GROUP.findall(scenario.read_text(encoding="utf-8")):
-        found[name] = {k: int(v) for k, v in (p.split("=") for p in pairs.split())}
-    if not found:
-        raise CheckError(f"{scenario.name} has no `# expect-group: <preset> replicas=N gpus=N` line")
-    return found
 
 
 DASHBOARD_PANELS = (
@@ -375,108 +225,6 @@ def check_bad_values(binary: str, bad: Path) -> str:
         if wanted[0].strip() not in output:
             raise CheckError(f"helm {command} rejected {bad.name}, not with {wanted[0]!r}:\n{output}")
     return f"{wanted[0].strip()} (by the {caught_by[0]})"
-
-
-VALUE_KEY = re.compile(r"^(\s*)([A-Za-z_][\w.-]*):")
-
-
-def documented_values(text: str) -> list[tuple[str, str, Any]]:
-    """(key path, description, default) of each key with a `# --` comment; checks every leaf has one."""
-    values = yaml.safe_load(text)
-    stack: list[tuple[int, str]] = []
-    pending: list[str] | None = None
-    rows: list[tuple[str, str, Any]] = []
-    leaves: list[str] = []
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("# --"):
-            pending = [stripped[4:].strip()]
-            continue
-        if pending is not None and stripped.startswith("#"):
-            pending.append(stripped[1:].strip())
-            continue
-        match = VALUE_KEY.match(line)
-        if match:
-            indent = len(match.group(1))
-            stack = [(i, k) for i, k in stack if i < indent] + [(indent, match.group(2))]
-            path = ".".join(k for _, k in stack)
-            found, value = lookup(values, path)
-            if found and pending is not None:
-                rows.append((path, " ".join(pending), value))
-            if found and (not isinstance(value, dict) or not value):
-                leaves.append(path)
-        pending = None
-    documented = {row[0] for row in rows}
-    for leaf in leaves:
-        parts = leaf.split(".")
-        if not any(".".join(parts[:n]) in documented for n in range(1, len(parts) + 1)):
-            raise CheckError(f"values.yaml: {leaf} has no `# --` comment (nor has a parent)")
-    return rows
-
-
-def lookup(values: Any, path: str) -> tuple[bool, Any]:
-    for key in path.split("."):
-        if not isinstance(values, dict) or key not in values:
-            return False, None
-        values = values[key]
-    return True, values
-
-
-def values_table() -> str:
-    rows = documented_values((CHART / "values.yaml").read_text(encoding="utf-8"))
-    lines = ["| Key | Default | Description |", "|-----|---------|-------------|"]
-    for path, description, value in rows:
-        default = json.dumps(value, separators=(", ", ": ")).replace("|", "\\|")
-        text = description.replace("|", "\\|")
-        lines.append(f"| `{path}` | `{default}` | {text} |")
-    return "\n".join(lines)
-
-
-def readme_with_table(readme: str) -> str:
-    before, _, rest = readme.partition(README_START)
-    _, _, after = rest.partition(README_END)
-    if not rest:
-        raise CheckError(f"helm/caduceus/README.md lacks the markers {README_START} ... {README_END}")
-    return f"{before}{README_START}\n{values_table()}\n{README_END}{after}"
-
-
-def chart_presets() -> Obj:
-    """The preset table the chart sizes GPU groups from (the `caduceus.presets` define in _helpers.tpl)."""
-    helpers = (CHART / "templates" / "_helpers.tpl").read_text(encoding="utf-8")
-    found = re.search(r'define "caduceus\.presets" -}}\n(.*?)\n{{- end }}', helpers, re.DOTALL)
-    if not found:
-        raise CheckError("_helpers.tpl lost its caduceus.presets define")
-    table: Obj = yaml.safe_load(found.group(1))
-    return table
-
-
-def check_agrees_with_service(schema: Obj) -> None:
-    """The chart's presets, preset names and Ray version are the service's (deploy/presets.py, pyproject)."""
-    service = {
-        p.name: {
-            "hf": p.model_source,
-            "tp": p.tensor_parallel_size,
-            "pp": p.pipeline_parallel_size,
-            "placement": p.strategy,
-            "maxModelLen": p.max_model_len,
-        }
-        for p in PRESETS.values()
-    }
-    chart = chart_presets()
-    for name in sorted(set(chart) | set(service)):
-        if chart.get(name) != service.get(name):
-            raise CheckError(
-                f"preset {name}: the chart says {chart.get(name)}, deploy/presets.py {service.get(name)}"
-            )
-    enum = schema["properties"]["models"]["items"]["properties"]["preset"]["enum"]
-    if sorted(enum) != sorted(service):
-        raise CheckError(
-            f"values.schema.json's preset enum {enum} is not deploy/presets.py's {sorted(service)}"
-        )
-    values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
-    ray = importlib.metadata.version("ray")
-    if values["ray"]["version"] != ray:
-        raise CheckError(f"values.yaml ray.version {values['ray']['version']} is not the project's Ray {ray}")
 
 
 def run_checks(binary: str, crd: Path) -> None:

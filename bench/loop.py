@@ -140,8 +140,11 @@ def build_langgraph(steps: int) -> LangGraphRun:
     """The same scripted agent as a LangGraph StateGraph: model node, tool node, in-memory checkpointer.
     Returns a function that runs one conversation and returns its number of model turns."""
     if importlib.util.find_spec("langgraph") is None:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", LANGGRAPH], check=True)
-    # Imported here, not at the top: LangGraph is installed on demand, into the benchmark environment only.
+        sys.exit(
+            f"bench/loop.py needs {LANGGRAPH} beside the project: run `make bench-loop`, which builds "
+            "the benchmark environment .venv-bench (LangGraph never goes into the test environment)"
+        )
+    # Imported here, not at the top: LangGraph lives in the benchmark environment only.
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage  # noqa: PLC0415
     from langchain_core.tools import tool  # noqa: PLC0415
     from langgraph.checkpoint.memory import InMemorySaver  # noqa: PLC0415

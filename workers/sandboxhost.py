@@ -1,0 +1,268 @@
+"""The program that runs inside a sandbox: it waits, warm, for one task, runs it in a fork, and exits.
+
+The worker starts it (``python -I -S -c BOOT PATHS CONFIG``) inside the sandbox before any call arrives,
+so that a call pays for a fork instead of for namespaces and an interpreter start. Each host serves exactly
+one task and then exits, so that nothing a task leaves behind (a background process, a changed global)
+survives into the next one; the pool starts a replacement meanwhile.
+
+The protocol on the host's stdin/stdout, one JSON document per line:
+``ready`` (host to worker, once the tool modules are imported), then the request
+``{"target", "arguments", "limits", "egress"}`` (worker to host), then the answer
+``{"content": ...}`` or ``{"error": {"type", "message"}, "content": ...}`` (host to worker).
+
+The task's child gets ``/dev/null`` as stdin/stdout/stderr, so it can neither read further requests nor
+forge an answer on the control channel; its result travels on a pipe of its own. Only the standard
+library is imported before the tool module, to keep the cold start short.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import resource
+import select
+import signal
+import sys
+import time
+from typing import Any
+
+_SLACK = 64 * 1024
+_PID_NAMESPACE = False
+
+
+def main() -> None:
+    config = json.loads(sys.argv[2])
+    os.environ.clear()
+    os.environ.update(config.get("env", {}))
+    global _PID_NAMESPACE
+    _PID_NAMESPACE = bool(config.get("pid_namespace"))
+    if not _PID_NAMESPACE:
+        _become_subreaper()
+    if config.get("confine") == "landlock":
+        from workers.sandbox import landlock
+
+        landlock.confine_self(config)
+    for module in config.get("preload", []):
+        importlib.import_module(module)
+    control_in, control_out = sys.stdin.buffer, sys.stdout.buffer
+    control_out.write(b"ready\n")
+    control_out.flush()
+    line = control_in.readline()
+    if not line:
+        return
+    answer = serve(json.loads(line), config.get("scratch", "."))
+    control_out.write(json.dumps(answer).encode() + b"\n")
+    control_out.flush()
+
+
+def _become_subreaper() -> None:
+    # Orphans of the task are re-parented to this host rather than to init, so the host can find and
+    # kill them when the task ends (outside a PID namespace nothing else would).
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def serve(request: dict[str, Any], scratch: str) -> dict[str, Any]:
+    """Run one request in a forked child under its limits; always returns an answer."""
+    limits = request["limits"]
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the task's process: never returns
+        os.close(read_end)
+        _child(request, scratch, write_end)
+    os.close(write_end)
+    cap = limits["output_bytes"] + _SLACK
+    data, timed_out = _collect(read_end, cap, time.monotonic() + limits["wall_seconds"])
+    status = 0  # when a result arrived the child's exit status adds nothing: do not wait for it
+    if not timed_out and not data:
+        waited = _wait(pid, time.monotonic() + limits["wall_seconds"])
+        timed_out = waited is None
+        status = waited or 0
+    _kill_descendants()  # what the task left running dies with it, before the answer goes out
+    return _answer(data, status, timed_out, limits)
+
+
+def _wait(pid: int, deadline: float) -> int | None:
+    """The child's wait status, or ``None`` if it is still running at the deadline."""
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.002)
+    return None
+
+
+def _collect(fd: int, cap: int, deadline: float) -> tuple[bytes, bool]:
+    chunks: list[bytes] = []
+    size = 0
+    while size <= cap:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return b"".join(chunks), True
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    os.close(fd)
+    return b"".join(chunks), False
+
+
+def _answer(data: bytes, status: int, timed_out: bool, limits: dict[str, Any]) -> dict[str, Any]:
+    if timed_out:
+        return _error("timeout", f"the call ran past its wall-clock limit of {limits['wall_seconds']} s")
+    if data:
+        if len(data) > limits["output_bytes"] + _SLACK:
+            return _error("output_truncated", f"the result passed the {limits['output_bytes']}-byte limit")
+        try:
+            answer: dict[str, Any] = json.loads(data)
+            return answer
+        except ValueError:
+            return _error("crashed", "the tool's process wrote an unreadable result")
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        if number in (signal.SIGXCPU, signal.SIGKILL):
+            return _error("timeout", f"the call used up its CPU time limit of {limits['cpu_seconds']} s")
+        return _error("crashed", f"the tool's process died of signal {signal.Signals(number).name}")
+    return _error("crashed", f"the tool's process exited with status {os.waitstatus_to_exitcode(status)}")
+
+
+def _error(kind: str, message: str, content: Any = None) -> dict[str, Any]:
+    return {"error": {"type": kind, "message": message}, "content": content}
+
+
+def _child(request: dict[str, Any], scratch: str, result_fd: int) -> None:
+    try:
+        os.setsid()
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        _limit(request["limits"])
+        os.chdir(scratch)
+        answer = _call(request, scratch)
+        data = json.dumps(answer, default=repr).encode()
+        limit = request["limits"]["output_bytes"]
+        if len(data) > limit:
+            data = json.dumps(_truncated(answer, limit)).encode()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(result_fd, view) :]
+        os.close(result_fd)  # EOF now, rather than after the interpreter's teardown
+    except MemoryError:
+        os.write(result_fd, json.dumps(_error("out_of_memory", _memory_message(request))).encode())
+    finally:
+        os._exit(0)
+
+
+def _truncated(answer: dict[str, Any], limit: int) -> dict[str, Any]:
+    text = json.dumps(answer.get("content"), default=repr)[: limit // 2]
+    return _error("output_truncated", f"the result passed the {limit}-byte output limit; shown cut", text)
+
+
+def _memory_message(request: dict[str, Any]) -> str:
+    mib = request["limits"]["memory_bytes"] // (1024 * 1024)
+    return f"the call ran out of memory (limit {mib} MiB); use less memory"
+
+
+def _limit(limits: dict[str, Any]) -> None:
+    cpu = int(limits["cpu_seconds"])
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (limits["memory_bytes"], limits["memory_bytes"]))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"], limits["open_files"]))
+    resource.setrlimit(resource.RLIMIT_NPROC, (limits["processes"], limits["processes"]))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["file_bytes"], limits["file_bytes"]))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _call(request: dict[str, Any], scratch: str) -> dict[str, Any]:
+    import pathlib
+
+    from toolbox.tools import context
+
+    module_name, _, function_name = request["target"].partition(":")
+    function = getattr(importlib.import_module(module_name), function_name)
+    limits = request["limits"]
+    tool_context = context.ToolContext(
+        scratch=pathlib.Path(scratch),
+        egress=tuple(request.get("egress", ())),
+        output_bytes=limits["output_bytes"],
+    )
+    context.use(tool_context)
+    try:
+        return {"content": function(**request["arguments"])}
+    except context.ToolDenied as exc:
+        return _error("denied", str(exc))
+    except context.OutputTruncated as exc:
+        return _error("output_truncated", str(exc), exc.partial)
+    except MemoryError:
+        return _error("out_of_memory", _memory_message(request))
+    except Exception as exc:
+        import traceback
+
+        last = traceback.format_exception_only(exc)[-1].strip()
+        return _error("tool_error", f"the tool raised {last}")
+
+
+def _kill_descendants() -> None:
+    """SIGKILL every process descended from this host, until none is left (a fork bomb keeps forking)."""
+    if _PID_NAMESPACE:
+        _kill_namespace()
+        return
+    for _ in range(200):
+        victims = _descendants(os.getpid())
+        if not victims:
+            return
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _reap()  # so that the next scan sees progress
+
+
+def _kill_namespace() -> None:
+    # In its own PID namespace the host sees only the sandbox: kill(-1) reaches every process in it but
+    # the host itself and bwrap's init.
+    for _ in range(200):
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        _reap()
+
+
+def _reap() -> None:
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
+
+
+def _descendants(root: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    fields = stat.read().rsplit(b")", 1)[1].split()
+                parents[int(entry)] = int(fields[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier and pid not in found}
+        found |= frontier
+    return sorted(found)
+
+
+if __name__ == "__main__":
+    main()

@@ -38,7 +38,7 @@ class Host:
         host = cls(spec, process, group)
         try:
             await asyncio.wait_for(host._await_ready(), _START_TIMEOUT)
-        except (TimeoutError, SandboxStartError):
+        except BaseException:  # a timeout, a failed start, or the pool closing while it started
             await host.kill()
             raise
         return host

@@ -29,8 +29,8 @@ from workers.sandbox.policy import Mechanism
 
 SANDBOX_SCRATCH = "/scratch"
 SECCOMP_FD = "{seccomp-fd}"  # replaced by the number of the pipe that carries the filter
-_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-_ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime")
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime")
 _ETC_NETWORK = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl", "/etc/ca-certificates")
 _TMP_BYTES = 64 * 1024 * 1024
 _BOOT = "import sys,json;sys.path[:0]=json.loads(sys.argv[1]);from workers.sandboxhost import main;main()"
@@ -123,10 +123,10 @@ def build(spec: HostSpec, mechanism: Mechanism) -> Launch:
 
 def _read_only_paths(spec: HostSpec) -> list[Path]:
     paths = [Path(sys.base_prefix), *site_dirs(), *package_roots(spec.preload)]
-    paths += [Path(name) for name in _ETC_FILES]
+    paths += [Path(name) for name in ETC_FILES]
     if spec.network:
         paths += [Path(name) for name in _ETC_NETWORK]
-    paths += [Path(name) for name in _SYSTEM_DIRS if not Path(name).is_symlink()]
+    paths += [Path(name) for name in SYSTEM_DIRS if not Path(name).is_symlink()]
     return [path for path in paths if path.exists()]
 
 
@@ -136,7 +136,7 @@ def _bwrap_args(spec: HostSpec) -> list[str]:
     if not spec.network:
         args.append("--unshare-net")
     args += ["--hostname", "sandbox"]
-    for name in _SYSTEM_DIRS:
+    for name in SYSTEM_DIRS:
         path = Path(name)
         if path.is_symlink():
             args += ["--symlink", os.readlink(path), name]

@@ -65,7 +65,9 @@ class Executor:
             return ToolResult(call.id, call.name, content=outcome.content)
         kind = outcome.error_type if outcome.error_type in _KNOWN_ERRORS else "tool_error"
         message = f"{call.name!r} failed: {outcome.error_message}"
-        return ToolResult(call.id, call.name, content=outcome.content, error=ToolError(cast(ToolErrorType, kind), message))
+        return ToolResult(
+            call.id, call.name, content=outcome.content, error=ToolError(cast(ToolErrorType, kind), message)
+        )
 
     def task(self, entry: ToolEntry, arguments: dict[str, Any], conversation: str) -> Task:
         assert entry.target is not None
@@ -101,7 +103,9 @@ async def _in_process(entry: ToolEntry, arguments: dict[str, Any], scratch: Path
         except context.OutputTruncated as exc:
             return Outcome(exc.partial, "output_truncated", str(exc))
         except Exception as exc:
-            return Outcome(error_type="tool_error", error_message=f"the tool raised {type(exc).__name__}: {exc}")
+            return Outcome(
+                error_type="tool_error", error_message=f"the tool raised {type(exc).__name__}: {exc}"
+            )
 
     try:
         return await asyncio.wait_for(asyncio.to_thread(call), entry.limits.wall_seconds)

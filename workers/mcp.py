@@ -70,7 +70,9 @@ class McpSource:
         return [registry.add(entry) for entry in await self.start()]
 
     def _entry(self, tool: mcp_types.Tool) -> ToolEntry:
-        spec = ToolSpec(self.server.prefix + tool.name, tool.description or tool.name, dict(tool.input_schema))
+        spec = ToolSpec(
+            self.server.prefix + tool.name, tool.description or tool.name, dict(tool.input_schema)
+        )
         try:
             check_schema(spec)
         except SchemaError as exc:
@@ -87,9 +89,14 @@ class McpSource:
         try:
             result = await self._session.call_tool(name, arguments, read_timeout_seconds=limits.wall_seconds)
         except MCPError as exc:
-            return Outcome(error_type="tool_error", error_message=f"the MCP server answered: {exc.error.message}")
+            return Outcome(
+                error_type="tool_error", error_message=f"the MCP server answered: {exc.error.message}"
+            )
         except TimeoutError:
-            return Outcome(error_type="timeout", error_message=f"the MCP server gave no answer in {limits.wall_seconds} s")
+            return Outcome(
+                error_type="timeout",
+                error_message=f"the MCP server gave no answer in {limits.wall_seconds} s",
+            )
         content = _content(result)
         if result.is_error:
             return Outcome(error_type="tool_error", error_message=str(content))
@@ -115,7 +122,14 @@ class McpSource:
 
     def _bwrap_args(self) -> list[str]:
         args = [launch.bwrap_binary(), "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
-        args += ["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv", "--cap-drop", "ALL"]
+        args += [
+            "--unshare-cgroup-try",
+            "--die-with-parent",
+            "--new-session",
+            "--clearenv",
+            "--cap-drop",
+            "ALL",
+        ]
         if not self.server.egress:
             args.append("--unshare-net")
         for name in launch.SYSTEM_DIRS:
@@ -123,7 +137,13 @@ class McpSource:
                 args += ["--symlink", os.readlink(name), name]
             elif Path(name).exists():
                 args += ["--ro-bind", name, name]
-        paths = [sys.base_prefix, sys.prefix, *map(str, launch.site_dirs()), *launch.ETC_FILES, *self.server.read_only]
+        paths = [
+            sys.base_prefix,
+            sys.prefix,
+            *map(str, launch.site_dirs()),
+            *launch.ETC_FILES,
+            *self.server.read_only,
+        ]
         for path in paths:
             args += ["--ro-bind", path, path]
         args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/tmp"]

@@ -99,7 +99,9 @@ class ToolRegistry:
 
     def sandbox_modules(self) -> tuple[str, ...]:
         """Modules that warm sandbox hosts import ahead of a call."""
-        found = (e.target.partition(":")[0] for e in self.entries.values() if e.target and e.isolation != "trusted")
+        found = (
+            e.target.partition(":")[0] for e in self.entries.values() if e.target and e.isolation != "trusted"
+        )
         return tuple(dict.fromkeys(found))
 
 

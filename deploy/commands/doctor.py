@@ -21,6 +21,8 @@ def run(args: argparse.Namespace) -> int:
     if found.mechanism == "process":
         print("  tools marked untrusted (python) are refused: no isolation works on this machine")
     print(f"process limit: {found.process_limit}")
-    print(f"seccomp: {'denies ' + ', '.join(seccomp.denied_names()) if seccomp.supported() else 'unavailable'}")
+    print(
+        f"seccomp: {'denies ' + ', '.join(seccomp.denied_names()) if seccomp.supported() else 'unavailable'}"
+    )
     print(f"scratch root: {scratch_root()}")
     return 0

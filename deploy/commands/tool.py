@@ -33,16 +33,41 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     listing = actions.add_parser("list", help="print the tool specs as JSON")
     for sub in (call, listing):
         sub.add_argument("--tool", action="append", default=[], metavar="MODULE:FUNCTION", help="add a tool")
-        sub.add_argument("--untrusted", action="append", default=[], metavar="MODULE:FUNCTION",
-                         help="add a tool that runs untrusted code (refused where no isolation works)")
-        sub.add_argument("--trusted", action="append", default=[], metavar="NAME",
-                         help="let the named tool run in-process (operator's flag)")
-        sub.add_argument("--http-allow", action="append", default=[], metavar="HOST",
-                         help="enable http_get for this host (repeatable)")
-        sub.add_argument("--mcp", action="append", default=[], metavar="'COMMAND ARGS'",
-                         help="add the tools of an MCP stdio server")
-        sub.add_argument("--mcp-path", action="append", default=[], metavar="PATH",
-                         help="a host path the MCP servers may read (their code)")
+        sub.add_argument(
+            "--untrusted",
+            action="append",
+            default=[],
+            metavar="MODULE:FUNCTION",
+            help="add a tool that runs untrusted code (refused where no isolation works)",
+        )
+        sub.add_argument(
+            "--trusted",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="let the named tool run in-process (operator's flag)",
+        )
+        sub.add_argument(
+            "--http-allow",
+            action="append",
+            default=[],
+            metavar="HOST",
+            help="enable http_get for this host (repeatable)",
+        )
+        sub.add_argument(
+            "--mcp",
+            action="append",
+            default=[],
+            metavar="'COMMAND ARGS'",
+            help="add the tools of an MCP stdio server",
+        )
+        sub.add_argument(
+            "--mcp-path",
+            action="append",
+            default=[],
+            metavar="PATH",
+            help="a host path the MCP servers may read (their code)",
+        )
     call.set_defaults(handler=run_call)
     listing.set_defaults(handler=run_list)
 
@@ -60,7 +85,10 @@ def build_registry(args: argparse.Namespace) -> ToolRegistry:
 async def _with_tools(args: argparse.Namespace, work: Any) -> int:
     registry = build_registry(args)
     sources = [
-        McpSource(McpServer(shlex.split(line)[0], tuple(shlex.split(line)[1:]), tuple(args.mcp_path)), detect().mechanism)
+        McpSource(
+            McpServer(shlex.split(line)[0], tuple(shlex.split(line)[1:]), tuple(args.mcp_path)),
+            detect().mechanism,
+        )
         for line in args.mcp
     ]
     try:

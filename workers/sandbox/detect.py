@@ -31,7 +31,9 @@ def detect() -> Detection:
         reasons.append("bubblewrap: user, pid, net, mount, ipc, uts namespaces + seccomp work")
         return Detection("bubblewrap", reasons, limit)
     reasons.append(f"bubblewrap unavailable: {problem}")
-    problem = landlock.problem() or (None if seccomp.supported() else "no seccomp filter for this architecture")
+    problem = landlock.problem() or (
+        None if seccomp.supported() else "no seccomp filter for this architecture"
+    )
     if problem is None:
         reasons.append(f"landlock ABI {landlock.abi_version()} + seccomp work")
         return Detection("landlock", reasons, limit)

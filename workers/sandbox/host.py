@@ -57,7 +57,9 @@ class Host:
     def alive(self) -> bool:
         return self.process.returncode is None
 
-    async def run(self, target: str, arguments: dict[str, Any], limits: Limits, egress: tuple[str, ...]) -> Outcome:
+    async def run(
+        self, target: str, arguments: dict[str, Any], limits: Limits, egress: tuple[str, ...]
+    ) -> Outcome:
         """Send the task, read the answer, and return once every process of the sandbox is gone."""
         PidsGroups.set_max(self.group, limits.processes + 2)  # the host and bwrap's init count too
         request = {"target": target, "arguments": arguments, "limits": limits.to_json(), "egress": egress}

@@ -69,7 +69,9 @@ def _compile(root: Path) -> None:
     compiled its modules on every start would pay tens of milliseconds per cold start."""
     if root not in _COMPILED:
         _COMPILED.add(root)
-        compileall.compile_dir(str(root), quiet=2) if root.is_dir() else compileall.compile_file(str(root), quiet=2)
+        compileall.compile_dir(str(root), quiet=2) if root.is_dir() else compileall.compile_file(
+            str(root), quiet=2
+        )
 
 
 def package_roots(modules: tuple[str, ...]) -> list[Path]:

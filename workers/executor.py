@@ -98,9 +98,9 @@ async def _in_process(entry: ToolEntry, arguments: dict[str, Any], scratch: Path
         context.use(context.ToolContext(scratch, entry.egress, entry.limits.output_bytes))
         try:
             return Outcome(function(**arguments))
-        except context.ToolDenied as exc:
+        except context.DeniedError as exc:
             return Outcome(error_type="denied", error_message=str(exc))
-        except context.OutputTruncated as exc:
+        except context.OutputTruncatedError as exc:
             return Outcome(exc.partial, "output_truncated", str(exc))
         except Exception as exc:
             return Outcome(

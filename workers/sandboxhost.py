@@ -17,6 +17,7 @@ library is imported before the tool module, to keep the cold start short.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -28,19 +29,17 @@ import time
 from typing import Any
 
 _SLACK = 64 * 1024
-_PID_NAMESPACE = False
 
 
 def main() -> None:
     config = json.loads(sys.argv[2])
     os.environ.clear()
     os.environ.update(config.get("env", {}))
-    global _PID_NAMESPACE
-    _PID_NAMESPACE = bool(config.get("pid_namespace"))
-    if not _PID_NAMESPACE:
+    pid_namespace = bool(config.get("pid_namespace"))
+    if not pid_namespace:
         _become_subreaper()
     if config.get("confine") == "landlock":
-        from workers.sandbox import landlock
+        from workers.sandbox import landlock  # noqa: PLC0415 (only this mode pays for its import)
 
         landlock.confine_self(config)
     for module in config.get("preload", []):
@@ -51,7 +50,7 @@ def main() -> None:
     line = control_in.readline()
     if not line:
         return
-    answer = serve(json.loads(line), config.get("scratch", "."))
+    answer = serve(json.loads(line), config.get("scratch", "."), pid_namespace=pid_namespace)
     control_out.write(json.dumps(answer).encode() + b"\n")
     control_out.flush()
 
@@ -59,13 +58,13 @@ def main() -> None:
 def _become_subreaper() -> None:
     # Orphans of the task are re-parented to this host rather than to init, so the host can find and
     # kill them when the task ends (outside a PID namespace nothing else would).
-    import ctypes
+    import ctypes  # noqa: PLC0415 (kept off the bubblewrap cold start, which does not need it)
 
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 
 
-def serve(request: dict[str, Any], scratch: str) -> dict[str, Any]:
+def serve(request: dict[str, Any], scratch: str, *, pid_namespace: bool = False) -> dict[str, Any]:
     """Run one request in a forked child under its limits; always returns an answer."""
     limits = request["limits"]
     read_end, write_end = os.pipe()
@@ -81,7 +80,7 @@ def serve(request: dict[str, Any], scratch: str) -> dict[str, Any]:
         waited = _wait(pid, time.monotonic() + limits["wall_seconds"])
         timed_out = waited is None
         status = waited or 0
-    _kill_descendants()  # what the task left running dies with it, before the answer goes out
+    _kill_descendants(pid_namespace)  # what the task left running dies with it, before the answer goes out
     return _answer(data, status, timed_out, limits)
 
 
@@ -181,9 +180,9 @@ def _limit(limits: dict[str, Any]) -> None:
 
 
 def _call(request: dict[str, Any], scratch: str) -> dict[str, Any]:
-    import pathlib
+    import pathlib  # noqa: PLC0415 (imported here, after the fork, to keep the cold start short)
 
-    from toolbox.tools import context
+    from toolbox.tools import context  # noqa: PLC0415 (see above)
 
     module_name, _, function_name = request["target"].partition(":")
     function = getattr(importlib.import_module(module_name), function_name)
@@ -196,22 +195,22 @@ def _call(request: dict[str, Any], scratch: str) -> dict[str, Any]:
     context.use(tool_context)
     try:
         return {"content": function(**request["arguments"])}
-    except context.ToolDenied as exc:
+    except context.DeniedError as exc:
         return _error("denied", str(exc))
-    except context.OutputTruncated as exc:
+    except context.OutputTruncatedError as exc:
         return _error("output_truncated", str(exc), exc.partial)
     except MemoryError:
         return _error("out_of_memory", _memory_message(request))
     except Exception as exc:
-        import traceback
+        import traceback  # noqa: PLC0415 (see above)
 
         last = traceback.format_exception_only(exc)[-1].strip()
         return _error("tool_error", f"the tool raised {last}")
 
 
-def _kill_descendants() -> None:
+def _kill_descendants(pid_namespace: bool) -> None:
     """SIGKILL every process descended from this host, until none is left (a fork bomb keeps forking)."""
-    if _PID_NAMESPACE:
+    if pid_namespace:
         _kill_namespace()
         return
     for _ in range(200):
@@ -219,10 +218,8 @@ def _kill_descendants() -> None:
         if not victims:
             return
         for pid in victims:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         _reap()  # so that the next scan sees progress
 
 

@@ -20,7 +20,7 @@ from workers.errors import WorkersError
 from workers.executor import Executor
 from workers.mcp import McpServer, McpSource
 from workers.registry import ToolRegistry, builtin_registry
-from workers.sandbox import detect
+from workers.sandbox import Isolation, detect
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -75,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def build_registry(args: argparse.Namespace) -> ToolRegistry:
     registry = builtin_registry(http_allow=args.http_allow, trusted=args.trusted)
     for target in args.tool:
-        isolation = "trusted" if target.rpartition(":")[2] in registry.trusted else "sandboxed"
+        isolation: Isolation = "trusted" if target.rpartition(":")[2] in registry.trusted else "sandboxed"
         registry.add_function(target, isolation=isolation)
     for target in args.untrusted:
         registry.add_function(target, isolation="untrusted")

@@ -47,7 +47,8 @@ def calculator(expression: str) -> float | int:
     """Evaluate an arithmetic expression exactly, e.g. "2 * (3 + 4) ** 2 / sqrt(16)".
 
     Args:
-        expression: Numbers, + - * / // % **, parentheses, pi, e, and sqrt, sin, cos, tan, log, exp, abs, round, min, max.
+        expression: Numbers, + - * / // % **, parentheses, pi, e, and functions such as sqrt, sin, log, exp,
+            abs, round, min and max.
     Returns:
         The value of the expression.
     """

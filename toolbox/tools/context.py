@@ -10,11 +10,11 @@ import contextvars
 from pathlib import Path
 
 
-class ToolDenied(Exception):
+class DeniedError(Exception):
     """A tool refuses an action its configuration does not allow (reported as a ``denied`` result)."""
 
 
-class OutputTruncated(Exception):
+class OutputTruncatedError(Exception):
     """A tool's output passed its budget; ``partial`` is what fits (reported as ``output_truncated``)."""
 
     def __init__(self, message: str, partial: object) -> None:

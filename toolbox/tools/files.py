@@ -44,7 +44,7 @@ def _confined(path: str) -> Path:
         raise ValueError("the path contains a NUL character")
     resolved = (root / path).resolve()
     if resolved != root and root not in resolved.parents:
-        raise context.ToolDenied(f"{path!r} is outside the working directory; use a relative path inside it")
+        raise context.DeniedError(f"{path!r} is outside the working directory; use a relative path inside it")
     return resolved
 
 
@@ -54,7 +54,7 @@ def _read(target: Path, limit: int) -> str:
         data = handle.read(limit + 1)
     text = data[:limit].decode("utf-8", errors="replace")
     if len(data) > limit:
-        raise context.OutputTruncated(f"the file is longer than the {limit}-byte output limit", text)
+        raise context.OutputTruncatedError(f"the file is longer than the {limit}-byte output limit", text)
     return text
 
 

@@ -24,12 +24,14 @@ def _allowed(url: str) -> str:
     host = parts.hostname.lower()
     if host not in allowed:
         listed = ", ".join(allowed) or "none"
-        raise context.ToolDenied(f"host {host!r} is not on this tool's allow-list (allowed: {listed})")
+        raise context.DeniedError(f"host {host!r} is not on this tool's allow-list (allowed: {listed})")
     return url
 
 
 class _Redirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+    def redirect_request(  # noqa: PLR0917 (urllib fixes this signature)
+        self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> Any:
         return super().redirect_request(req, fp, code, msg, headers, _allowed(newurl))
 
 
@@ -51,5 +53,5 @@ def http_get(url: str) -> dict[str, Any]:
         body, status, kind = exc.read(limit + 1), exc.code, exc.headers.get("content-type", "")
     result = {"status": status, "content_type": kind, "body": body[:limit].decode("utf-8", errors="replace")}
     if len(body) > limit:
-        raise context.OutputTruncated(f"the response is longer than {limit} bytes", result)
+        raise context.OutputTruncatedError(f"the response is longer than {limit} bytes", result)
     return result

@@ -65,7 +65,7 @@ def python(code: str) -> dict[str, Any]:
     report = {"stdout": stdout.value(), "stderr": stderr.value(), "result": _jsonable(result), "error": error}
     if stdout.dropped or stderr.dropped:
         dropped = stdout.dropped + stderr.dropped
-        raise context.OutputTruncated(
+        raise context.OutputTruncatedError(
             f"the code printed more than the output limit; {dropped} characters cut", report
         )
     return report

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from workers.sandbox import landlock, seccomp
 from workers.sandbox.cgroup import PidsGroups
+from workers.sandbox.launch import bwrap_binary
 from workers.sandbox.policy import Mechanism
 
 
@@ -44,8 +45,6 @@ def detect() -> Detection:
 
 def _bwrap_problem() -> str | None:
     try:
-        from workers.sandbox.launch import bwrap_binary
-
         binary = bwrap_binary()
     except Exception as exc:
         return f"no bwrap binary ({exc})"

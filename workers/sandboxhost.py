@@ -225,13 +225,16 @@ def _kill_descendants(pid_namespace: bool) -> None:
 
 def _kill_namespace() -> None:
     # In its own PID namespace the host sees only the sandbox: kill(-1) reaches every process in it but
-    # the host itself and bwrap's init.
-    for _ in range(200):
+    # the host itself and bwrap's init. It succeeds while any process (even a dying one) is left, so the
+    # loop ends when the sandbox holds nothing but the two of them.
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
         try:
             os.kill(-1, signal.SIGKILL)
         except ProcessLookupError:
             return
         _reap()
+        time.sleep(0.0005)
 
 
 def _reap() -> None:

@@ -45,6 +45,9 @@ class Sandbox(Protocol):
 
     async def run(self, task: Task) -> Outcome: ...
 
+    async def settle(self) -> None:
+        """Wait until the processes of finished tasks have exited."""
+
     async def close(self) -> None: ...
 
 

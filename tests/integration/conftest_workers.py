@@ -43,7 +43,9 @@ def sandbox_processes() -> list[str]:
     while frontier:
         frontier = {pid for pid, parent in parents.items() if parent in frontier and pid not in found}
         found |= frontier
-    return [lines[pid] for pid in found if "sandboxhost" in lines.get(pid, "") or "bwrap" in lines.get(pid, "")]
+    return [
+        lines[pid] for pid in found if "sandboxhost" in lines.get(pid, "") or "bwrap" in lines.get(pid, "")
+    ]
 
 
 def probe_registry() -> ToolRegistry:

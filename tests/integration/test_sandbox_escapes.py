@@ -39,4 +39,6 @@ def test_probe_is_contained(name: str, tmp_path: Path) -> None:
     verdict = asyncio.run(main())
     assert verdict.contained, f"{name} escaped: {verdict.payload[:2000]}"
     assert verdict.seconds < 10, f"{name} took {verdict.seconds:.1f} s: the limits did not bound it"
-    assert subprocess.run(["/bin/true"], check=False).returncode == 0, "the host can no longer start processes"
+    assert subprocess.run(["/bin/true"], check=False).returncode == 0, (
+        "the host can no longer start processes"
+    )

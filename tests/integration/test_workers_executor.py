@@ -24,10 +24,14 @@ from workers.sandbox.policy import Limits
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
-def run_calls(registry: ToolRegistry, root: Path, *calls: tuple[str, dict[str, object], str]) -> list[ToolResult]:
+def run_calls(
+    registry: ToolRegistry, root: Path, *calls: tuple[str, dict[str, object], str]
+) -> list[ToolResult]:
     async def main() -> list[ToolResult]:
         async with cold_executor(registry, root) as executor:
-            results = [await executor.execute(ToolCall(f"c{i}", n, a), conv) for i, (n, a, conv) in enumerate(calls)]
+            results = [
+                await executor.execute(ToolCall(f"c{i}", n, a), conv) for i, (n, a, conv) in enumerate(calls)
+            ]
             await executor.sandbox.settle()
             return results
 
@@ -94,7 +98,9 @@ def test_user_tool_by_import_path_runs_sandboxed(tmp_path: Path) -> None:
     registry = builtin_registry()
     registry.add_function("workers_user_tools:get_weather")
     registry.add_function("workers_user_tools:where_am_i")
-    weather, cwd = run_calls(registry, tmp_path, ("get_weather", {"city": "Paris"}, "c"), ("where_am_i", {}, "c"))
+    weather, cwd = run_calls(
+        registry, tmp_path, ("get_weather", {"city": "Paris"}, "c"), ("where_am_i", {}, "c")
+    )
     assert weather.content == {"city": "Paris", "temperature": 22, "pid_is_sandboxed": True}
     assert cwd.content == "/scratch"
     spec = registry.get("get_weather").spec  # type: ignore[union-attr]
@@ -196,7 +202,9 @@ def test_fallback_mechanisms(tmp_path: Path, mechanism: str) -> None:
 
 def test_limits_are_per_tool(tmp_path: Path) -> None:
     registry = ToolRegistry()
-    registry.add_function("toolbox.tools.python:python", isolation="untrusted", limits=Limits(wall_seconds=1.0))
+    registry.add_function(
+        "toolbox.tools.python:python", isolation="untrusted", limits=Limits(wall_seconds=1.0)
+    )
     started = time.monotonic()
     [result] = run_calls(registry, tmp_path, ("python", {"code": "import time\ntime.sleep(30)"}, "c"))
     assert result.error is not None and result.error.type == "timeout"

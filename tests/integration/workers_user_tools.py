@@ -14,7 +14,11 @@ def get_weather(city: str, unit: str = "celsius") -> dict[str, object]:
     Returns:
         The temperature and the conditions.
     """
-    return {"city": city, "temperature": 22 if unit == "celsius" else 72, "pid_is_sandboxed": os.getpid() < 10}
+    return {
+        "city": city,
+        "temperature": 22 if unit == "celsius" else 72,
+        "pid_is_sandboxed": os.getpid() < 10,
+    }
 
 
 def where_am_i() -> str:

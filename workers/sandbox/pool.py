@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from dataclasses import replace
 
 from workers.sandbox.cgroup import PidsGroups
 from workers.sandbox.host import Host
@@ -46,13 +47,18 @@ class PooledSandbox:
 
     async def run(self, task: Task) -> Outcome:
         spec = self.spec_for(task)
-        host = self._take(spec) or await Host.start(spec, self.mechanism, self.groups)
-        self.refill(spec)
+        host = self._take(spec) or await self._cold(spec, task)
         outcome = await host.run(task.target, task.arguments, task.limits, task.egress)
         if host.reaper is not None:
             self._reaping.add(host.reaper)
             host.reaper.add_done_callback(self._reaping.discard)
+        # The replacement starts after the call, so that it does not compete with it for the CPU.
+        self.refill(spec)
         return outcome
+
+    async def _cold(self, spec: HostSpec, task: Task) -> Host:
+        # A host started for one waiting call imports only that call's tool, not every tool.
+        return await Host.start(replace(spec, preload=(task.module,)), self.mechanism, self.groups)
 
     async def prewarm(self, task: Task) -> None:
         """Start the warm hosts for ``task``'s scratch directory and wait until they are ready."""

@@ -81,16 +81,24 @@ def probes(bait: Bait) -> list[Probe]:
         Probe("follow a symlink out of scratch", _symlink(secret), _absent("{token}")),
         Probe("connect to a loopback server", _connect(port), lambda b, r, p: not b.connections),
         Probe("read the host's environment", _ENVIRONMENT, _absent("{token}")),
-        Probe("ptrace", _CTYPES + "[libc.ptrace(16, pid, 0, 0) for pid in (1, os.getppid())]", _result([-1, -1])),
+        Probe(
+            "ptrace", _CTYPES + "[libc.ptrace(16, pid, 0, 0) for pid in (1, os.getppid())]", _result([-1, -1])
+        ),
         Probe("mount", _CTYPES + _MOUNT, _result([-1, -1])),
-        Probe("kill a host process", f"import os\nos.kill({victim}, 9)", lambda b, r, p: b.victim is not None and b.victim.poll() is None),
+        Probe(
+            "kill a host process",
+            f"import os\nos.kill({victim}, 9)",
+            lambda b, r, p: b.victim is not None and b.victim.poll() is None,
+        ),
         Probe("raw socket", _RAW_SOCKET, _result("denied")),
         Probe("kernel keyring", _CTYPES + "libc.syscall(250, 0, -4, 1)", _result(-1)),
         Probe("fork bomb", _FORK_BOMB, _error("timeout")),
         Probe("memory bomb", "x = bytearray(8 * 1024 ** 3)", _error("out_of_memory")),
         Probe("CPU spin", "while True:\n    pass", _error("timeout")),
         Probe("sleep past the deadline", "import time\ntime.sleep(60)", _error("timeout")),
-        Probe("100 MB of output", flood, lambda b, r, p: _error("output_truncated")(b, r, p) and len(p) < 2**21),
+        Probe(
+            "100 MB of output", flood, lambda b, r, p: _error("output_truncated")(b, r, p) and len(p) < 2**21
+        ),
         Probe("leave a process behind", _SURVIVOR, lambda b, r, p: r.ok and not _survivors()),
     ]
 

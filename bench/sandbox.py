@@ -93,9 +93,8 @@ def main() -> None:
     plain = plain_subprocess(args.calls)
     print(f"{'series':<12}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
     for name, values in (("cold", cold), ("warm", warm), ("subprocess", plain)):
-        print(
-            f"{name:<12}{percentile(values, 50):>10.1f}{percentile(values, 99):>10.1f}{statistics.mean(values):>10.1f}"
-        )
+        p50, p99, mean = percentile(values, 50), percentile(values, 99), statistics.mean(values)
+        print(f"{name:<12}{p50:>10.1f}{p99:>10.1f}{mean:>10.1f}")
     verdicts = asyncio.run(escapes(root))
     for verdict in verdicts:
         print(

@@ -112,7 +112,8 @@ def _pid(bait: Bait) -> int:
 
 
 _LIST_PROCESSES = """import os
-sorted(open(f'/proc/{p}/cmdline', 'rb').read().decode(errors='replace') for p in os.listdir('/proc') if p.isdigit())"""
+pids = [p for p in os.listdir('/proc') if p.isdigit()]
+sorted(open(f'/proc/{p}/cmdline', 'rb').read().decode(errors='replace') for p in pids)"""
 _ENVIRONMENT = """import os
 files = [open(f'/proc/{p}/environ', 'rb').read().decode(errors='replace') for p in ('self', '1')]
 [dict(os.environ), files]"""

@@ -12,15 +12,17 @@ import asyncio
 import json
 import shlex
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolbox.hermes import tool_response_payload
 from toolbox.protocol import ToolCall
 from workers.errors import WorkersError
 from workers.executor import Executor
-from workers.mcp import McpServer, McpSource
 from workers.registry import ToolRegistry, builtin_registry
-from workers.sandbox import Isolation, detect
+from workers.sandbox import Isolation, create_sandbox, detect
+
+if TYPE_CHECKING:
+    from workers.mcp import McpSource
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -82,19 +84,24 @@ def build_registry(args: argparse.Namespace) -> ToolRegistry:
     return registry
 
 
+def _mcp_sources(args: argparse.Namespace) -> list[McpSource]:
+    # The MCP SDK takes about a second to import: only commands that name a server pay for it.
+    from workers.mcp import McpServer, McpSource  # noqa: PLC0415
+
+    servers = [shlex.split(line) for line in args.mcp]
+    paths = tuple(args.mcp_path)
+    return [McpSource(McpServer(argv[0], tuple(argv[1:]), paths), detect().mechanism) for argv in servers]
+
+
 async def _with_tools(args: argparse.Namespace, work: Any) -> int:
     registry = build_registry(args)
-    sources = [
-        McpSource(
-            McpServer(shlex.split(line)[0], tuple(shlex.split(line)[1:]), tuple(args.mcp_path)),
-            detect().mechanism,
-        )
-        for line in args.mcp
-    ]
+    sources = _mcp_sources(args) if args.mcp else []
     try:
         for source in sources:
             await source.register(registry)
-        async with Executor(registry) as executor:
+        # One call and done: no warm host is worth starting.
+        sandbox = create_sandbox(preload=registry.sandbox_modules(), warm=0)
+        async with Executor(registry, sandbox=sandbox) as executor:
             code: int = await work(executor)
             return code
     finally:

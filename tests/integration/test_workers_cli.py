@@ -51,3 +51,21 @@ def test_doctor_names_the_isolation_in_force(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == "isolation: bubblewrap"
     assert f"scratch root: {tmp_path}" in done.stdout
+
+
+def test_tool_call_reaches_an_mcp_server(tmp_path: Path) -> None:
+    server = Path(__file__).with_name("mcp_server_workers.py")
+    mcp = f"{sys.executable} -I {server}"
+    done = caduceus(
+        "tool",
+        "call",
+        "add",
+        '{"a": 1, "b": 2}',
+        "--mcp",
+        mcp,
+        "--mcp-path",
+        str(server.parent),
+        scratch=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"name": "add", "content": {"result": 3}}

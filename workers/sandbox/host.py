@@ -89,7 +89,12 @@ class Host:
     async def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
-        await self.process.wait()
+        # Killed early in its start, bwrap may not yet have tied its sandbox to its own life; the host
+        # inside then still waits for a task. End of input tells it to exit, which ends the sandbox.
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.process.wait(), _GRACE)
         PidsGroups.remove(self.group)
 
 

@@ -209,3 +209,19 @@ def test_limits_are_per_tool(tmp_path: Path) -> None:
     [result] = run_calls(registry, tmp_path, ("python", {"code": "import time\ntime.sleep(30)"}, "c"))
     assert result.error is not None and result.error.type == "timeout"
     assert time.monotonic() - started < 5
+
+
+def test_sandboxed_code_runs_under_seccomp_without_capabilities_or_host_environment(tmp_path: Path) -> None:
+    code = (
+        "import os, re\n"
+        "status = dict(re.findall(r'(\\w+):\\s+(.*)', open('/proc/self/status').read()))\n"
+        "[status['Seccomp'], status['NoNewPrivs'], status['CapEff'], sorted(os.environ), os.uname().nodename]"
+    )
+    [result] = run_calls(builtin_registry(), tmp_path, ("python", {"code": code}, "c"))
+    assert result.content["result"] == [
+        "2",
+        "1",
+        "0000000000000000",
+        ["HOME", "LANG", "PATH", "TMPDIR"],
+        "sandbox",
+    ]

@@ -8,13 +8,17 @@ output within the call's budget, so that a flood of output cannot exhaust the wo
 from __future__ import annotations
 
 import ast
-import contextlib
 import io
 import json
-import traceback
-from typing import Any
+import sys
 
+# This module is imported by every cold sandbox host: ``typing``, ``contextlib`` and ``traceback`` would
+# add milliseconds to each start, so annotations stay unevaluated and traceback is imported on error.
 from toolbox.tools import context
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class _Bounded(io.TextIOBase):
@@ -41,7 +45,7 @@ class _Bounded(io.TextIOBase):
         return "".join(self.parts)
 
 
-def python(code: str) -> dict[str, Any]:
+def python(code: str) -> dict[str, object]:
     """Run Python code in a sandbox and return its output and the value of its last expression.
 
     Args:
@@ -53,15 +57,20 @@ def python(code: str) -> dict[str, Any]:
     stdout, stderr = _Bounded(budget), _Bounded(budget)
     result: Any = None
     error: str | None = None
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            result = _run(code)
-        except MemoryError:
-            raise
-        except SystemExit:
-            pass
-        except BaseException as exc:  # the model's code failing is the normal outcome to report
-            error = "".join(traceback.format_exception(exc)[-8:])
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = stdout, stderr
+    try:
+        result = _run(code)
+    except MemoryError:
+        raise
+    except SystemExit:
+        pass
+    except BaseException as exc:  # the model's code failing is the normal outcome to report
+        import traceback  # noqa: PLC0415 (see the imports)
+
+        error = "".join(traceback.format_exception(exc)[-8:])
+    finally:
+        sys.stdout, sys.stderr = saved
     report = {"stdout": stdout.value(), "stderr": stderr.value(), "result": _jsonable(result), "error": error}
     if stdout.dropped or stderr.dropped:
         dropped = stdout.dropped + stderr.dropped

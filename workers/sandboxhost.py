@@ -10,8 +10,10 @@ The protocol on the host's stdin/stdout, one JSON document per line:
 ``{"target", "arguments", "limits", "egress"}`` (worker to host), then the answer
 ``{"content": ...}`` or ``{"error": {"type", "message"}, "content": ...}`` (host to worker).
 
-The task's child gets ``/dev/null`` as stdin/stdout/stderr, so it can neither read further requests nor
-forge an answer on the control channel; its result travels on a pipe of its own. Only the standard
+The task's process is forked as soon as the host is warm and waits for its request on a pipe of its own,
+so a call pays for neither an interpreter start nor a fork. It gets ``/dev/null`` as stdin/stdout/stderr
+before it reads the request, so it can neither read the control channel nor forge an answer on it; its
+result travels on a pipe of its own. Only the standard
 library is imported before the tool module, to keep the cold start short.
 """
 
@@ -51,13 +53,15 @@ def main() -> None:
     # Objects that exist now are never collected, so the forked child does not copy their pages by
     # touching them during a collection.
     gc.freeze()
+    child = _prefork(config.get("scratch", "."))
     control_in, control_out = sys.stdin.buffer, sys.stdout.buffer
     control_out.write(b"ready\n")
     control_out.flush()
     line = control_in.readline()
     if not line:
+        _kill_descendants(pid_namespace)
         return
-    answer = serve(json.loads(line), config.get("scratch", "."), pid_namespace=pid_namespace)
+    answer = serve(child, line, json.loads(line)["limits"], pid_namespace=pid_namespace)
     control_out.write(json.dumps(answer).encode() + b"\n")
     control_out.flush()
 
@@ -71,17 +75,35 @@ def _become_subreaper() -> None:
     libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 
 
-def serve(request: dict[str, Any], scratch: str, *, pid_namespace: bool = False) -> dict[str, Any]:
-    """Run one request in a forked child under its limits; always returns an answer."""
-    limits = request["limits"]
-    read_end, write_end = os.pipe()
+def _prefork(scratch: str) -> tuple[int, int, int]:
+    """Fork the task's process now, before the task arrives, so that a call does not pay for the fork.
+
+    Returns the child's pid, the pipe that will carry it the request, and the pipe its result comes on.
+    """
+    request_read, request_write = os.pipe()
+    result_read, result_write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the task's process: never returns
-        os.close(read_end)
-        _child(request, scratch, write_end)
-    os.close(write_end)
+        os.close(request_write)
+        os.close(result_read)
+        _child(request_read, scratch, result_write)
+    os.close(request_read)
+    os.close(result_write)
+    return pid, request_write, result_read
+
+
+def serve(
+    child: tuple[int, int, int], line: bytes, limits: dict[str, Any], *, pid_namespace: bool = False
+) -> dict[str, Any]:
+    """Hand the request to the pre-forked child and wait for its result under the limits."""
+    pid, request_write, result_read = child
+    try:  # noqa: SIM105 (contextlib would cost the cold start an import)
+        _write_all(request_write, line)
+    except BrokenPipeError:
+        pass  # the child is gone: reported below from its exit status
+    os.close(request_write)
     cap = limits["output_bytes"] + _SLACK
-    data, timed_out = _collect(read_end, cap, time.monotonic() + limits["wall_seconds"])
+    data, timed_out = _collect(result_read, cap, time.monotonic() + limits["wall_seconds"])
     status = 0  # when a result arrived the child's exit status adds nothing: do not wait for it
     if not timed_out and not data:
         waited = _wait(pid, time.monotonic() + limits["wall_seconds"])
@@ -89,6 +111,20 @@ def serve(request: dict[str, Any], scratch: str, *, pid_namespace: bool = False)
         status = waited or 0
     _kill_descendants(pid_namespace)  # what the task left running dies with it, before the answer goes out
     return _answer(data, status, timed_out, limits)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks)
 
 
 def _wait(pid: int, deadline: float) -> int | None:
@@ -143,12 +179,17 @@ def _error(kind: str, message: str, content: Any = None) -> dict[str, Any]:
     return {"error": {"type": kind, "message": message}, "content": content}
 
 
-def _child(request: dict[str, Any], scratch: str, result_fd: int) -> None:
+def _child(request_fd: int, scratch: str, result_fd: int) -> None:
+    request: dict[str, Any] = {}
     try:
+        # Leave the session and the control channel before anything of the task runs.
         os.setsid()
         null = os.open("/dev/null", os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
+        request = json.loads(_read_all(request_fd) or b"null")
+        if not request:
+            return
         _limit(request["limits"])
         os.chdir(scratch)
         answer = _call(request, scratch)
@@ -156,9 +197,7 @@ def _child(request: dict[str, Any], scratch: str, result_fd: int) -> None:
         limit = request["limits"]["output_bytes"]
         if len(data) > limit:
             data = json.dumps(_truncated(answer, limit)).encode()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(result_fd, view) :]
+        _write_all(result_fd, data)
         os.close(result_fd)  # EOF now, rather than after the interpreter's teardown
     except MemoryError:
         os.write(result_fd, json.dumps(_error("out_of_memory", _memory_message(request))).encode())
@@ -172,7 +211,7 @@ def _truncated(answer: dict[str, Any], limit: int) -> dict[str, Any]:
 
 
 def _memory_message(request: dict[str, Any]) -> str:
-    mib = request["limits"]["memory_bytes"] // (1024 * 1024)
+    mib = request.get("limits", {}).get("memory_bytes", 0) // (1024 * 1024)
     return f"the call ran out of memory (limit {mib} MiB); use less memory"
 
 

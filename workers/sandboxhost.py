@@ -45,15 +45,14 @@ def main() -> None:
     if not pid_namespace:
         _become_subreaper()
     if config.get("confine") == "landlock":
-        from workers.sandbox import landlock  # noqa: PLC0415 (only this mode pays for its import)
-
-        landlock.confine_self(config)
+        # Imported now, applied by the task's process to itself once it has its request (see _confine).
+        importlib.import_module("workers.sandbox.landlock")
     for module in config.get("preload", []):
         importlib.import_module(module)
     # Objects that exist now are never collected, so the forked child does not copy their pages by
     # touching them during a collection.
     gc.freeze()
-    child = _prefork(config.get("scratch", "."))
+    child = _prefork(config)
     control_in, control_out = sys.stdin.buffer, sys.stdout.buffer
     control_out.write(b"ready\n")
     control_out.flush()
@@ -75,7 +74,7 @@ def _become_subreaper() -> None:
     libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 
 
-def _prefork(scratch: str) -> tuple[int, int, int]:
+def _prefork(config: dict[str, Any]) -> tuple[int, int, int]:
     """Fork the task's process now, before the task arrives, so that a call does not pay for the fork.
 
     Returns the child's pid, the pipe that will carry it the request, and the pipe its result comes on.
@@ -86,7 +85,7 @@ def _prefork(scratch: str) -> tuple[int, int, int]:
     if pid == 0:  # the task's process: never returns
         os.close(request_write)
         os.close(result_read)
-        _child(request_read, scratch, result_write)
+        _child(request_read, config, result_write)
     os.close(request_read)
     os.close(result_write)
     return pid, request_write, result_read
@@ -179,7 +178,7 @@ def _error(kind: str, message: str, content: Any = None) -> dict[str, Any]:
     return {"error": {"type": kind, "message": message}, "content": content}
 
 
-def _child(request_fd: int, scratch: str, result_fd: int) -> None:
+def _child(request_fd: int, config: dict[str, Any], result_fd: int) -> None:
     request: dict[str, Any] = {}
     try:
         # Leave the session and the control channel before anything of the task runs.
@@ -190,6 +189,8 @@ def _child(request_fd: int, scratch: str, result_fd: int) -> None:
         request = json.loads(_read_all(request_fd) or b"null")
         if not request:
             return
+        scratch = config.get("scratch", ".")
+        _confine(config, request)
         _limit(request["limits"])
         os.chdir(scratch)
         answer = _call(request, scratch)
@@ -203,6 +204,14 @@ def _child(request_fd: int, scratch: str, result_fd: int) -> None:
         os.write(result_fd, json.dumps(_error("out_of_memory", _memory_message(request))).encode())
     finally:
         os._exit(0)
+
+
+def _confine(config: dict[str, Any], request: dict[str, Any]) -> None:
+    """Under the landlock mechanism the task's process confines itself (not the host, which must still
+    be able to find and kill the task's processes through /proc); inet only with an allow-list."""
+    if config.get("confine") == "landlock":
+        landlock = sys.modules["workers.sandbox.landlock"]
+        landlock.confine_self({**config, "network": bool(request.get("egress"))})
 
 
 def _truncated(answer: dict[str, Any], limit: int) -> dict[str, Any]:

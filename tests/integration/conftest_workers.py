@@ -16,11 +16,17 @@ import pytest
 
 from workers.executor import Executor
 from workers.registry import ToolRegistry, builtin_registry
-from workers.sandbox import PooledSandbox, detect
+from workers.sandbox import Mechanism, PooledSandbox, detect, landlock
 from workers.sandbox.policy import Limits
 
 #: Tight limits, so that every probe is bounded in time.
 PROBE_LIMITS = Limits(memory_bytes=256 * 1024**2, cpu_seconds=2, wall_seconds=3.0, processes=16)
+
+
+def require_landlock() -> None:
+    problem = landlock.problem()
+    if problem is not None:
+        pytest.fail(f"Landlock is required for the fallback tests: {problem}")
 
 
 def require_bubblewrap() -> None:
@@ -55,10 +61,12 @@ def probe_registry() -> ToolRegistry:
 
 
 @contextlib.asynccontextmanager
-async def cold_executor(registry: ToolRegistry, scratch_root: Path) -> AsyncIterator[Executor]:
+async def cold_executor(
+    registry: ToolRegistry, scratch_root: Path, mechanism: Mechanism = "bubblewrap"
+) -> AsyncIterator[Executor]:
     """An executor whose sandbox keeps no warm hosts, so that after a call no sandbox process may exist."""
-    require_bubblewrap()
-    sandbox = PooledSandbox("bubblewrap", preload=registry.sandbox_modules(), warm=0)
+    require_bubblewrap() if mechanism == "bubblewrap" else require_landlock()
+    sandbox = PooledSandbox(mechanism, preload=registry.sandbox_modules(), warm=0)
     async with Executor(registry, sandbox=sandbox, scratch_root=scratch_root) as executor:
         yield executor
 

@@ -1,4 +1,7 @@
-"""The security suite: escape probes through the ``python`` tool, judged on the host (workers/sandbox/probes)."""
+"""The security suite: escape probes through the ``python`` tool, judged on the host (workers/sandbox/probes).
+
+Run under bubblewrap (the mechanism in force here) and under the Landlock fallback, which this machine
+also supports, so that the fallback is proven too."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import pytest
 
 from tests.integration.conftest_workers import cold_executor, probe_registry, sandbox_processes
 from toolbox.protocol import ToolCall, ToolResult
-from workers.sandbox import probes
+from workers.sandbox import Mechanism, probes
 
 pytestmark = pytest.mark.integration
 _NAMES = probes.names()
@@ -22,11 +25,12 @@ def test_the_suite_has_at_least_fifteen_probes() -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("name", _NAMES)
-def test_probe_is_contained(name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mechanism", ["bubblewrap", "landlock"])
+def test_probe_is_contained(mechanism: Mechanism, name: str, tmp_path: Path) -> None:
     async def main() -> probes.Verdict:
         with probes.bait() as found:
             probe = next(p for p in probes.probes(found) if p.name == name)
-            async with cold_executor(probe_registry(), tmp_path) as executor:
+            async with cold_executor(probe_registry(), tmp_path, mechanism) as executor:
 
                 async def run(call: ToolCall) -> ToolResult:
                     return await executor.execute(call, "probe")

@@ -1,10 +1,11 @@
 """Landlock + seccomp confinement of the current process, the fallback where namespaces are blocked.
 
-The host applies it to itself before it reads a task: reads only under the system, Python and tool
-paths, reads and writes only in the scratch directory, and (ABI 4 and later) no TCP connect or bind
-unless the tool has an egress allow-list. The same seccomp filter as under bubblewrap follows, with inet
-sockets refused when the tool has no allow-list, so older Landlock ABIs without network rules still
-keep the task off the network.
+The task's process applies it to itself once it has its request: reads only under the system, Python
+and tool paths (not /proc, so no other process can be inspected), reads and writes only in the scratch
+directory, (ABI 4 and later) no TCP connect or bind unless the tool has an egress allow-list, and (ABI 6
+and later) no signals to processes outside its own Landlock domain. The same seccomp filter as under
+bubblewrap follows, with inet sockets refused when the tool has no allow-list, so older Landlock ABIs
+without network rules still keep the task off the network.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ _READ = (1 << 0) | (1 << 2) | (1 << 3)  # execute, read file, read dir
 _ALL_V1 = (1 << 13) - 1
 _REFER, _TRUNCATE = 1 << 13, 1 << 14
 _NET_ALL = 0b11  # bind_tcp | connect_tcp
+_SCOPE_ALL = 0b11  # abstract unix sockets | signals
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -50,7 +52,7 @@ def confine_self(config: dict[str, Any]) -> None:
     """Apply Landlock and seccomp to this process; raise ``OSError`` if either fails."""
     abi = abi_version()
     fs, net = _handled(abi)
-    attr = struct.pack("QQ", fs, 0 if config.get("network") else net) if abi >= 4 else struct.pack("Q", fs)
+    attr = _ruleset_attr(abi, fs, 0 if config.get("network") else net)
     ruleset = int(_libc.syscall(_SYS_CREATE_RULESET, attr, len(attr), 0))
     if ruleset < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
@@ -59,11 +61,18 @@ def confine_self(config: dict[str, Any]) -> None:
             _allow(ruleset, path, _READ & fs)
         _allow(ruleset, config["scratch"], fs & ~_REFER)
         _allow(ruleset, "/dev/null", (1 << 1) | (1 << 2))  # write and read file
-        _allow(ruleset, "/proc", _READ)
         _restrict(ruleset)
     finally:
         os.close(ruleset)
     _seccomp(allow_inet=bool(config.get("network")))
+
+
+def _ruleset_attr(abi: int, fs: int, net: int) -> bytes:
+    if abi >= 6:
+        return struct.pack("QQQ", fs, net, _SCOPE_ALL)
+    if abi >= 4:
+        return struct.pack("QQ", fs, net)
+    return struct.pack("Q", fs)
 
 
 def _allow(ruleset: int, path: str, access: int) -> None:

@@ -7,8 +7,9 @@ differ in what wraps it:
   empty tmpfs with read-only binds of the system's libraries, the Python installation and the tool
   packages; the conversation's scratch directory is the only writable place besides a small private
   ``/tmp``; the seccomp filter is installed by bwrap just before the host starts.
-- ``landlock``: no namespaces; the host confines itself with Landlock (read-only system paths, read-write
-  scratch) and the same seccomp filter, with inet sockets refused unless the tool has an allow-list.
+- ``landlock``: no namespaces; the task's process confines itself with Landlock (read-only system paths,
+  read-write scratch, no /proc, no signals out of its domain) and the same seccomp filter, with inet
+  sockets refused unless the tool has an allow-list.
 - ``process``: a plain child process with an empty environment and resource limits. Not isolation: only
   tools that run no model-written code may use it.
 """

@@ -132,6 +132,8 @@ class McpSource:
         ]
         if not self.server.egress:
             args.append("--unshare-net")
+        # The private /tmp first: binds of paths under /tmp (a checkout, a virtual environment) go on top.
+        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         for name in launch.SYSTEM_DIRS:
             if Path(name).is_symlink():
                 args += ["--symlink", os.readlink(name), name]
@@ -146,7 +148,7 @@ class McpSource:
         ]
         for path in paths:
             args += ["--ro-bind", path, path]
-        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/tmp"]
+        args += ["--chdir", "/tmp"]
         args += ["--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin", "--setenv", "HOME", "/tmp"]
         return [*args, "--seccomp", _SECCOMP_FD]
 

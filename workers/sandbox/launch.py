@@ -143,9 +143,10 @@ def _bwrap_args(spec: HostSpec) -> list[str]:
         path = Path(name)
         if path.is_symlink():
             args += ["--symlink", os.readlink(path), name]
+    # The private /tmp first: binds of paths under /tmp (a checkout, a virtual environment) go on top.
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(_TMP_BYTES), "--tmpfs", "/tmp"]
     for path in _read_only_paths(spec):
         args += ["--ro-bind", str(path), str(path)]
-    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(_TMP_BYTES), "--tmpfs", "/tmp"]
     args += ["--bind", str(spec.scratch), SANDBOX_SCRATCH, "--chdir", SANDBOX_SCRATCH]
     args += ["--seccomp", SECCOMP_FD]
     return args

@@ -9,6 +9,7 @@ action. Exceptions are left for our own faults (a sandbox that cannot start).
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any, cast
 
@@ -77,9 +78,10 @@ class Executor:
 
     async def _run(self, entry: ToolEntry, arguments: dict[str, Any], conversation: str) -> Outcome:
         if entry.remote is not None:
-            return await entry.remote(arguments, entry.limits)
+            return _bounded(await entry.remote(arguments, entry.limits), entry.limits.output_bytes)
         if entry.isolation == "trusted":
-            return await _in_process(entry, arguments, scratch_dir(conversation, self.scratch_root))
+            outcome = await _in_process(entry, arguments, scratch_dir(conversation, self.scratch_root))
+            return _bounded(outcome, entry.limits.output_bytes)
         if entry.isolation == "untrusted" and self.sandbox.mechanism == "process":
             return Outcome(
                 error_type="denied",
@@ -87,6 +89,15 @@ class Executor:
                 "(see 'caduceus doctor'); it is disabled here, so do not call it again",
             )
         return await self.sandbox.run(self.task(entry, arguments, conversation))
+
+
+def _bounded(outcome: Outcome, limit: int) -> Outcome:
+    """Cut a result that did not pass through a sandbox host (which cuts its own) at the output limit."""
+    text = json.dumps(outcome.content, default=repr, ensure_ascii=False)
+    if len(text.encode()) <= limit:
+        return outcome
+    message = f"the result passed the {limit}-byte output limit; shown cut"
+    return Outcome(text[: limit // 2], "output_truncated", message)
 
 
 async def _in_process(entry: ToolEntry, arguments: dict[str, Any], scratch: Path) -> Outcome:

@@ -225,3 +225,18 @@ def test_sandboxed_code_runs_under_seccomp_without_capabilities_or_host_environm
         ["HOME", "LANG", "PATH", "TMPDIR"],
         "sandbox",
     ]
+
+
+def test_results_are_cut_at_the_output_limit_in_process_too(tmp_path: Path) -> None:
+    registry = ToolRegistry(trusted=["shout"])
+    registry.add_function("workers_user_tools:shout", isolation="trusted", limits=Limits(output_bytes=1000))
+    registry.add_function("workers_user_tools:get_weather", limits=Limits(output_bytes=1000))
+    cut, fine = run_calls(
+        registry,
+        tmp_path,
+        ("shout", {"text": "ab", "times": 10_000}, "c"),
+        ("get_weather", {"city": "Rome"}, "c"),
+    )
+    assert cut.error is not None and cut.error.type == "output_truncated"
+    assert len(tool_response_payload(cut)) < 1000
+    assert fine.ok

@@ -29,3 +29,13 @@ def where_am_i() -> str:
 def undocumented(x: int) -> int:
     """A tool whose parameter is not documented."""
     return x
+
+
+def shout(text: str, times: int) -> str:
+    """Repeat a text.
+
+    Args:
+        text: What to repeat.
+        times: How many times.
+    """
+    return text * times

@@ -30,6 +30,8 @@ def detect() -> Detection:
     problem = _bwrap_problem()
     if problem is None:
         reasons.append("bubblewrap: user, pid, net, mount, ipc, uts namespaces + seccomp work")
+        fallback = landlock.problem()
+        reasons.append(f"fallback: landlock ABI {landlock.abi_version()}" if fallback is None else fallback)
         return Detection("bubblewrap", reasons, limit)
     reasons.append(f"bubblewrap unavailable: {problem}")
     problem = landlock.problem() or (

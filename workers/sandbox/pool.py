@@ -72,12 +72,13 @@ class PooledSandbox:
             return
         missing = self.warm - len(self._ready.get(spec, [])) - self._pending.get(spec, 0)
         for _ in range(max(0, missing)):
+            # Counted now, not when the job first runs, so that a second refill does not start more.
+            self._pending[spec] = self._pending.get(spec, 0) + 1
             job = asyncio.ensure_future(self._start_into(spec))
             self._starting.add(job)
             job.add_done_callback(self._starting.discard)
 
     async def _start_into(self, spec: HostSpec) -> None:
-        self._pending[spec] = self._pending.get(spec, 0) + 1
         try:
             host = await Host.start(spec, self.mechanism, self.groups)
         except Exception:  # a failed warm start only means that the next call starts cold

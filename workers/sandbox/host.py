@@ -71,7 +71,7 @@ class Host:
         except TimeoutError:
             await self.kill()
             return Outcome(error_type="timeout", error_message=f"the call ran past {limits.wall_seconds} s")
-        except (ConnectionError, OSError) as exc:
+        except (ConnectionError, OSError, ValueError) as exc:  # ValueError: a line past the stream's limit
             await self.kill()
             return Outcome(error_type="crashed", error_message=f"the sandbox failed: {exc}")
         # The host killed every process of the task before it answered; only the host and bwrap's init

@@ -100,6 +100,7 @@ def probes(bait: Bait) -> list[Probe]:
             "100 MB of output", flood, lambda b, r, p: _error("output_truncated")(b, r, p) and len(p) < 2**21
         ),
         Probe("leave a process behind", _SURVIVOR, lambda b, r, p: r.ok and not _survivors()),
+        Probe("forge the answer on the host's pipe", _FORGE, _result("denied")),
     ]
 
 
@@ -132,6 +133,15 @@ while True:
         os.fork()
     except OSError:
         pass"""
+_FORGE = """import os
+def attempt():
+    try:
+        with open(f'/proc/{os.getppid()}/fd/1', 'w') as pipe:
+            pipe.write('{"content": "forged"}\\n')
+    except OSError:
+        return 'denied'
+    return 'written'
+attempt()"""
 _SURVIVOR = """import subprocess
 subprocess.Popen(['/bin/sleep', '317'], start_new_session=True).pid"""
 

@@ -7,9 +7,9 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from deploy.commands import demo, presets
+from deploy.commands import demo, doctor, presets, tool
 
 Register = Callable[["argparse._SubParsersAction[Any]"], None]
 
 #: Every command group, in the order ``caduceus --help`` lists them.
-COMMANDS: list[Register] = [demo.register, presets.register]
+COMMANDS: list[Register] = [demo.register, presets.register, tool.register, doctor.register]

@@ -1,0 +1,117 @@
+"""Latency of a trivial ``python`` tool call in the sandbox, cold and warm, beside a plain subprocess.
+
+- cold: every call starts its sandbox host (namespaces, seccomp, interpreter, tool import) and runs;
+- warm: a host was pre-started by the pool before the call (as happens between an agent's turns),
+  so the call pays for validation, dispatch, one fork and the answer;
+- subprocess: ``python -c CODE`` with no isolation at all, measured in the same run.
+
+All three go through the same code (``1 + 1``); cold and warm go through the executor, so validation and
+the ToolResult are included. Then the escape probes of the security suite are counted. Prints a table,
+then, last, one line ``RESULT {json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from toolbox.protocol import ToolCall, ToolResult
+from workers.executor import Executor
+from workers.registry import ToolRegistry, builtin_registry
+from workers.sandbox import PooledSandbox, detect, probes
+from workers.sandbox.policy import Limits
+
+CODE = "1 + 1"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def sandboxed(calls: int, root: Path, *, warm: bool) -> list[float]:
+    registry = builtin_registry()
+    mechanism = detect().mechanism
+    sandbox = PooledSandbox(mechanism, preload=registry.sandbox_modules(), warm=1 if warm else 0)
+    times: list[float] = []
+    async with Executor(registry, sandbox=sandbox, scratch_root=root) as executor:
+        task = executor.task(registry.entries["python"], {"code": CODE}, "bench")
+        for index in range(calls):
+            if warm:
+                await sandbox.prewarm(task)  # not timed: the pool does this between calls
+            started = time.perf_counter()
+            result = await executor.execute(ToolCall(str(index), "python", {"code": CODE}), "bench")
+            times.append((time.perf_counter() - started) * 1000)
+            assert result.ok and result.content["result"] == 2, result
+            await sandbox.settle()
+    return times
+
+
+def plain_subprocess(calls: int) -> list[float]:
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", f"print({CODE})"], check=True, capture_output=True)
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+async def escapes(root: Path) -> list[probes.Verdict]:
+    registry = ToolRegistry()
+    limits = Limits(memory_bytes=256 * 1024**2, cpu_seconds=2, wall_seconds=3.0, processes=16)
+    registry.add_function("toolbox.tools.python:python", isolation="untrusted", limits=limits)
+    sandbox = PooledSandbox(detect().mechanism, preload=registry.sandbox_modules(), warm=0)
+    verdicts = []
+    async with Executor(registry, sandbox=sandbox, scratch_root=root) as executor:
+
+        async def run(call: ToolCall) -> ToolResult:
+            return await executor.execute(call, "probes")
+
+        for name in probes.names():
+            with probes.bait() as found:
+                probe = next(p for p in probes.probes(found) if p.name == name)
+                verdicts.append(await probes.judge(run, probe, found))
+                await sandbox.settle()
+    return verdicts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=200, help="calls per series (default 200)")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="caduceus-bench-"))
+    print(f"isolation: {detect().mechanism}; {args.calls} calls per series")
+    cold = asyncio.run(sandboxed(args.calls, root, warm=False))
+    warm = asyncio.run(sandboxed(args.calls, root, warm=True))
+    plain = plain_subprocess(args.calls)
+    print(f"{'series':<12}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
+    for name, values in (("cold", cold), ("warm", warm), ("subprocess", plain)):
+        p50, p99, mean = percentile(values, 50), percentile(values, 99), statistics.mean(values)
+        print(f"{name:<12}{p50:>10.1f}{p99:>10.1f}{mean:>10.1f}")
+    verdicts = asyncio.run(escapes(root))
+    for verdict in verdicts:
+        print(
+            f"  {'contained' if verdict.contained else 'ESCAPED  '}  {verdict.seconds:5.2f} s  {verdict.name}"
+        )
+    result = {
+        "isolation": detect().mechanism,
+        "cold_p50_ms": round(percentile(cold, 50), 2),
+        "cold_p99_ms": round(percentile(cold, 99), 2),
+        "warm_p50_ms": round(percentile(warm, 50), 2),
+        "warm_p99_ms": round(percentile(warm, 99), 2),
+        "subprocess_p50_ms": round(percentile(plain, 50), 2),
+        "escapes_contained": sum(v.contained for v in verdicts),
+        "escapes_total": len(verdicts),
+    }
+    print("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Which isolation works on this machine, and why the stronger ones do not.
+
+Probed once per process by actually starting each mechanism with a trivial command, strongest first,
+because a container runtime may block user namespaces or Landlock in ways no file under /proc reveals.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from dataclasses import dataclass, field
+
+from workers.sandbox import landlock, seccomp
+from workers.sandbox.cgroup import PidsGroups
+from workers.sandbox.launch import bwrap_binary
+from workers.sandbox.policy import Mechanism
+
+
+@dataclass(frozen=True)
+class Detection:
+    mechanism: Mechanism
+    reasons: list[str] = field(default_factory=list)
+    process_limit: str = ""
+
+
+@functools.cache
+def detect() -> Detection:
+    reasons: list[str] = []
+    limit = "cgroup pids.max" if PidsGroups().available else "RLIMIT_NPROC only (no effect when run as root)"
+    problem = _bwrap_problem()
+    if problem is None:
+        reasons.append("bubblewrap: user, pid, net, mount, ipc, uts namespaces + seccomp work")
+        fallback = landlock.problem()
+        reasons.append(f"fallback: landlock ABI {landlock.abi_version()}" if fallback is None else fallback)
+        return Detection("bubblewrap", reasons, limit)
+    reasons.append(f"bubblewrap unavailable: {problem}")
+    problem = landlock.problem() or (
+        None if seccomp.supported() else "no seccomp filter for this architecture"
+    )
+    if problem is None:
+        reasons.append(f"landlock ABI {landlock.abi_version()} + seccomp work")
+        return Detection("landlock", reasons, limit)
+    reasons.append(f"landlock unavailable: {problem}")
+    reasons.append("no isolation: tools marked untrusted are refused")
+    return Detection("process", reasons, limit)
+
+
+def _bwrap_problem() -> str | None:
+    try:
+        binary = bwrap_binary()
+    except Exception as exc:
+        return f"no bwrap binary ({exc})"
+    argv = [binary, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--", "/bin/true"]
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=10, check=False, env={})
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if done.returncode != 0:
+        return done.stderr.decode(errors="replace").strip() or f"exit status {done.returncode}"
+    return None

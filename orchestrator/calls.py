@@ -15,7 +15,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 
 from orchestrator.ports import Checkpoint, Interrupted, RunSpec, RunStore, StopReason, ToolExecutor
-from orchestrator.tracing import Tracing, record_error
+from orchestrator.tracing import Tracing, record_error, record_tool_refused
 from toolbox.hermes import StreamEvent, ToolCallFailed, ToolCallReady, validate
 from toolbox.protocol import ToolCall, ToolError, ToolResult
 
@@ -74,6 +74,7 @@ class Dispatch:
             self._start(event.call)
         elif isinstance(event, ToolCallFailed):
             error = ToolError("malformed_call", f"tool call block {event.error.index}: {event.error.message}")
+            record_tool_refused("tool_call", error.type)
             self._add(
                 _ready(
                     ToolResult(
@@ -85,6 +86,7 @@ class Dispatch:
     def _start(self, call: ToolCall) -> None:
         refusal = self._refusal(call, len(self.tasks))
         if refusal is not None:
+            record_tool_refused(call.name, refusal.type)
             self._add(_ready(ToolResult(call.id, call.name, error=refusal)))
         else:
             self._add(self.runner.run(self.checkpoint.step, len(self.tasks), call))

@@ -35,7 +35,7 @@ from orchestrator.ports import (
     StopReason,
     ToolExecutor,
 )
-from orchestrator.tracing import Tracing, record_stop, record_usage
+from orchestrator.tracing import Tracing, record_run_end, record_stop, record_usage
 from toolbox.hermes import (
     ParsedTurn,
     StreamParser,
@@ -270,4 +270,5 @@ class Agent:
         )
         await self._store.finish(spec, outcome)
         record_stop(span, reason)
+        record_run_end(reason, ckpt.step)
         return outcome

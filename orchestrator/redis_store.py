@@ -398,6 +398,10 @@ class RunQueue:
         cancelled = [bool(replies[3 * n + 2]) for n in range(len(claims))]
         return held, cancelled
 
+    async def depth(self) -> int:
+        """Runs queued or running: finished runs are deleted from the stream, so its length is the depth."""
+        return int(await self._redis.xlen(QUEUE))
+
     async def done(self, claim: Claim) -> None:
         """The run is finished (or was already): remove it from the queue and release its lease."""
         lease = Keys.of(claim.tenant, claim.run_id).lease

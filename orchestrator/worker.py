@@ -16,6 +16,7 @@ from orchestrator.errors import LeaseLostError, RunNotFoundError, StoreError
 from orchestrator.loop import Agent
 from orchestrator.ports import Checkpoint, RunSpec
 from orchestrator.redis_store import Claim, RedisStore, RunQueue
+from orchestrator.tracing import record_queue_depth, record_run_failed, record_takeover
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class Worker:
             await self._queue.done(claim)
             return
         if taken_over:
+            record_takeover()
             await self._store.emit(spec, "resumed", {"worker": self._store.worker, "step": ckpt.step})
         cancel = asyncio.Event()
         task = asyncio.create_task(self._run(claim, spec, ckpt, cancel))
@@ -85,6 +87,7 @@ class Worker:
         except Exception as exc:
             # Our fault or the infrastructure's, not the model's: record it, so the run does not loop.
             log.exception("run %s failed", spec.run_id)
+            record_run_failed()
             await self._store.fail(spec, f"{type(exc).__name__}: {exc}")
             await self._queue.done(claim)
         finally:
@@ -93,6 +96,7 @@ class Worker:
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self._queue.lease_ms / 4000)
+            record_queue_depth(await self._queue.depth())
             active = list(self._active.values())
             if not active:
                 continue

@@ -109,6 +109,13 @@ def test_python_reports_the_exception_of_the_code(scratch: Path) -> None:
     assert report["error"] is not None and "ZeroDivisionError" in report["error"]
 
 
+def test_python_tracebacks_start_at_the_models_code(scratch: Path) -> None:
+    error = python("def f():\n    return 1 / 0\nf()")["error"]
+    assert 'File "<python>", line 3' in error and 'File "<python>", line 2, in f' in error
+    assert "toolbox" not in error and ZeroDivisionError.__name__ in error
+    assert "SyntaxError" in python("def (")["error"]
+
+
 def test_python_cuts_output_at_the_budget(scratch: Path) -> None:
     with pytest.raises(context.OutputTruncatedError) as caught:
         python("print('z' * 10_000)")

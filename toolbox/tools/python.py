@@ -66,9 +66,7 @@ def python(code: str) -> dict[str, object]:
     except SystemExit:
         pass
     except BaseException as exc:  # the model's code failing is the normal outcome to report
-        import traceback  # noqa: PLC0415 (see the imports)
-
-        error = "".join(traceback.format_exception(exc)[-8:])
+        error = _user_traceback(exc)
     finally:
         sys.stdout, sys.stderr = saved
     report = {"stdout": stdout.value(), "stderr": stderr.value(), "result": _jsonable(result), "error": error}
@@ -78,6 +76,16 @@ def python(code: str) -> dict[str, object]:
             f"the code printed more than the output limit; {dropped} characters cut", report
         )
     return report
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback from the model's own code on: our wrapper frames (and their host paths) are noise."""
+    import traceback  # noqa: PLC0415 (see the imports)
+
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != "<python>":
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb)[-8:])
 
 
 def _run(code: str) -> Any:

@@ -61,7 +61,7 @@ async def _pause(s: float, n: int = 0) -> str:
     return "paused"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -70,7 +70,7 @@ def _free_port() -> int:
 
 class Service:
     def __init__(self, redis_url: str, *, worker: bool, **options: Any) -> None:
-        self.url = f"http://127.0.0.1:{_free_port()}"
+        self.url = f"http://127.0.0.1:{free_port()}"
         self._redis_url, self._worker, self._options = redis_url, worker, options
         self._server: uvicorn.Server | None = None
         self._stop: asyncio.Event | None = None

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.integration.conftest_api import A, B, api_client, wait_for
+from tests.integration.conftest_api import A, B, api_client, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -149,3 +149,35 @@ def test_health_and_readiness(idle: httpx.Client) -> None:
     assert idle.get("/healthz").json() == {"status": "ok"}
     assert idle.get("/readyz").status_code == 200
     assert "/v1/runs" in idle.get("/openapi.json").json()["paths"]
+
+
+def test_redis_down_is_a_503_in_the_envelope() -> None:
+    with api_client(f"redis://127.0.0.1:{free_port()}/0", worker=False) as http:
+        assert http.get("/healthz").status_code == 200
+        for response in (http.get("/readyz"), http.get("/v1/runs/run_1", headers=A)):
+            assert response.status_code == 503
+            assert response.json()["error"]["code"] == "store_unavailable"
+            assert response.headers["Retry-After"] == "1"
+
+
+def test_a_chunked_body_over_the_cap_is_cut_off_with_413(redis_url: str) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"input": "'
+        for _ in range(10):
+            yield b"x" * 500
+        yield b'"}'
+
+    with api_client(redis_url, worker=False, max_body_bytes=2000) as http:
+        response = http.post("/v1/runs", content=chunks(), headers={**A, "Content-Type": "application/json"})
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "body_too_large"
+
+
+def test_a_conversation_must_end_with_the_user_and_schemas_must_be_schemas(idle: httpx.Client) -> None:
+    talk = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    response = idle.post("/v1/runs", json={"input": talk}, headers=A)
+    assert response.status_code == 422
+    assert response.json()["error"]["message"].startswith("input:")
+    response = idle.post("/v1/runs", json={"input": "x", "json_schema": {"type": 12}}, headers=A)
+    assert response.status_code == 422
+    assert response.json()["error"]["message"].startswith("json_schema:")

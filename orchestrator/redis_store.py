@@ -14,6 +14,7 @@ restricted to ``[A-Za-z0-9_.-]`` so no id can reach into another's keys)::
     cad:t:{tenant}:run:{run}:repeats      HASH    call signature -> times made (repeated-call limit)
     cad:t:{tenant}:run:{run}:lease        STRING  the owning worker's id, with a TTL renewed by heartbeats
     cad:t:{tenant}:run:{run}:cancel       STRING  present once cancellation is requested
+    cad:t:{tenant}:thread:{thread}:run    STRING  the thread's latest run: one run at a time per thread
     cad:t:{tenant}:idem:{sha256(key)}     STRING  an Idempotency-Key's {"fingerprint", "run"} (24 h TTL)
     cad:queue                             STREAM  run queue (consumer group "orchestrators"): tenant, run
 
@@ -39,7 +40,7 @@ from typing import Any, TypeAlias
 from pydantic import TypeAdapter
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError, WatchError
 from redis.typing import EncodableT, FieldT
 
 from orchestrator import redis_scripts as lua
@@ -395,6 +396,27 @@ class RedisStore:
             return {"fingerprint": fingerprint, "run": run_id}
         held = await self.redis.get(name)
         return dict(json.loads(held)) if held else {"fingerprint": fingerprint, "run": run_id}
+
+    async def claim_thread(self, tenant: str, thread_id: str, run_id: str) -> str | None:
+        """Make ``run_id`` the thread's run unless another run of it is still queued or running (two runs
+        appending to one thread at once would interleave their turns); returns that run's id, or None.
+
+        A claimed run whose record was never written (its submission failed) holds nothing."""
+        key = Keys.of(tenant, "x", thread_id).thread + ":run"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(key)
+                holder = _text(await pipe.get(key))
+                if holder and holder != run_id:
+                    status = _text(await pipe.hget(Keys.of(tenant, holder).run, "status"))
+                    if status in ("queued", "running"):
+                        return holder
+                pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                pipe.set(key, run_id, ex=self._ttl)
+                await pipe.execute()
+            except WatchError:
+                return _text(await self.redis.get(key)) or "?"  # a run claimed it just now
+        return None
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())

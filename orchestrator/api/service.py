@@ -110,6 +110,9 @@ async def submit(api: Api, tenant: str, request: RunRequest, idempotency_key: st
     thread_id = request.thread_id or f"thread_{uuid.uuid4().hex}"
     if request.thread_id and not await api.store.thread(tenant, request.thread_id):
         raise not_found("thread", request.thread_id)
+    busy = await api.store.claim_thread(tenant, thread_id, run_id)
+    if busy is not None:
+        raise ApiError(409, "thread_busy", f"thread {thread_id} has a run in progress ({busy}); wait for it")
     spec = new_run(
         tenant=tenant,
         thread_id=thread_id,

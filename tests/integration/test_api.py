@@ -181,3 +181,15 @@ def test_a_conversation_must_end_with_the_user_and_schemas_must_be_schemas(idle:
     response = idle.post("/v1/runs", json={"input": "x", "json_schema": {"type": 12}}, headers=A)
     assert response.status_code == 422
     assert response.json()["error"]["message"].startswith("json_schema:")
+
+
+def test_a_thread_takes_one_run_at_a_time(idle: httpx.Client) -> None:
+    first = idle.post("/v1/runs", json={"input": "one"}, headers=A).json()
+    again = idle.post("/v1/runs", json={"input": "two", "thread_id": first["thread_id"]}, headers=A)
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "thread_busy"
+    idle.post(f"/v1/runs/{first['id']}/cancel", headers=A)
+    assert (
+        idle.post("/v1/runs", json={"input": "two", "thread_id": first["thread_id"]}, headers=A).status_code
+        == 202
+    )

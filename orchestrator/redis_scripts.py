@@ -78,3 +78,10 @@ if status == 'queued' and redis.call('EXISTS', KEYS[3]) == 0 then
 end
 return status
 """
+
+# KEYS: an idempotency key. ARGV: run id. Deletes the binding only while it still names that run.
+FORGET = """
+local held = redis.call('GET', KEYS[1])
+if held and cjson.decode(held)['run'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""

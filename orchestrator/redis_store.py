@@ -206,6 +206,7 @@ class RedisStore:
         self._begin = redis.register_script(lua.BEGIN_CALL)
         self._end = redis.register_script(lua.END_CALL)
         self._cancel = redis.register_script(lua.CANCEL)
+        self._forget = redis.register_script(lua.FORGET)
 
     # -- the RunStore port -----------------------------------------------------------------------
 
@@ -389,13 +390,16 @@ class RedisStore:
     async def remember_request(self, tenant: str, key: str, fingerprint: str, run_id: str) -> dict[str, str]:
         """Bind an idempotency key to a request (its fingerprint) and the run it created, unless the key
         is bound already; returns the binding that holds now (the caller's, or the earlier one)."""
-        digest = hashlib.sha256(key.encode()).hexdigest()[:40]
-        name = f"cad:t:{_check_id('tenant', tenant)}:idem:{digest}"
+        name = _idempotency_key(tenant, key)
         mine = json.dumps({"fingerprint": fingerprint, "run": run_id})
         if await self.redis.set(name, mine, nx=True, ex=IDEMPOTENCY_TTL_S):
             return {"fingerprint": fingerprint, "run": run_id}
         held = await self.redis.get(name)
         return dict(json.loads(held)) if held else {"fingerprint": fingerprint, "run": run_id}
+
+    async def forget_request(self, tenant: str, key: str, run_id: str) -> None:
+        """Unbind an idempotency key whose run was never created (only if it is still bound to it)."""
+        await self._forget(keys=[_idempotency_key(tenant, key)], args=[run_id])
 
     async def claim_thread(self, tenant: str, thread_id: str, run_id: str) -> str | None:
         """Make ``run_id`` the thread's run unless another run of it is still queued or running (two runs
@@ -420,6 +424,11 @@ class RedisStore:
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
+
+
+def _idempotency_key(tenant: str, key: str) -> str:
+    # Hashed: a client's key may hold any characters, and its length is bounded here.
+    return f"cad:t:{_check_id('tenant', tenant)}:idem:{hashlib.sha256(key.encode()).hexdigest()[:40]}"
 
 
 def _event(kind: str, data: dict[str, Any]) -> dict[FieldT, EncodableT]:

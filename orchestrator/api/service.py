@@ -102,29 +102,39 @@ async def submit(api: Api, tenant: str, request: RunRequest, idempotency_key: st
     model, tools = _model(api, request.model), _tools(api, request.tools)
     _check_schema(request.json_schema)
     talk = _conversation(request)
+    if request.thread_id and not await api.store.thread(tenant, request.thread_id):
+        raise not_found("thread", request.thread_id)
     run_id = f"run_{uuid.uuid4().hex}"
     if idempotency_key is not None:
         earlier = await _idempotent(api, tenant, request, idempotency_key, run_id)
         if earlier is not None:
             return earlier
-    thread_id = request.thread_id or f"thread_{uuid.uuid4().hex}"
-    if request.thread_id and not await api.store.thread(tenant, request.thread_id):
-        raise not_found("thread", request.thread_id)
-    busy = await api.store.claim_thread(tenant, thread_id, run_id)
-    if busy is not None:
-        raise ApiError(409, "thread_busy", f"thread {thread_id} has a run in progress ({busy}); wait for it")
     spec = new_run(
         tenant=tenant,
-        thread_id=thread_id,
+        thread_id=request.thread_id or f"thread_{uuid.uuid4().hex}",
         tools=tools,
         system=talk.system,
         json_schema=request.json_schema,
         limits=_limits(api, request),
         run_id=run_id,
     )
+    try:
+        await _enqueue(api, spec, talk, model)
+    except BaseException:
+        # Nothing was created: the key must not stay bound to a run that does not exist.
+        if idempotency_key is not None:
+            await api.store.forget_request(tenant, idempotency_key, run_id)
+        raise
+    return await view(api, tenant, run_id)
+
+
+async def _enqueue(api: Api, spec: RunSpec, talk: _Conversation, model: str) -> None:
+    busy = await api.store.claim_thread(spec.tenant, spec.thread_id, spec.run_id)
+    if busy is not None:
+        message = f"thread {spec.thread_id} has a run in progress ({busy}); wait for it"
+        raise ApiError(409, "thread_busy", message)
     extra = {"model": model, "created_at": repr(time.time())}
     await api.store.submit(spec, first_checkpoint(spec, []), talk.text, earlier=talk.earlier, extra=extra)
-    return await view(api, tenant, run_id)
 
 
 async def _idempotent(api: Api, tenant: str, request: RunRequest, key: str, run_id: str) -> Run | None:

@@ -193,3 +193,12 @@ def test_a_thread_takes_one_run_at_a_time(idle: httpx.Client) -> None:
         idle.post("/v1/runs", json={"input": "two", "thread_id": first["thread_id"]}, headers=A).status_code
         == 202
     )
+
+
+def test_an_idempotency_key_whose_request_failed_stays_free(idle: httpx.Client) -> None:
+    first = idle.post("/v1/runs", json={"input": "one"}, headers=A).json()
+    body = {"input": "two", "thread_id": first["thread_id"]}
+    headers = {**A, "Idempotency-Key": "k-busy"}
+    assert idle.post("/v1/runs", json=body, headers=headers).status_code == 409  # the thread is busy
+    idle.post(f"/v1/runs/{first['id']}/cancel", headers=A)
+    assert idle.post("/v1/runs", json=body, headers=headers).status_code == 202

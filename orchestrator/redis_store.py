@@ -367,12 +367,19 @@ class RedisStore:
         return [_text(turn) for turn in await self.redis.lrange(key, 0, -1)]
 
     async def record(self, tenant: str, run_id: str) -> tuple[RunSpec, dict[str, str]] | None:
-        """The run's spec and its record's other fields, or ``None`` when the tenant has no such run."""
-        found = {_text(k): v for k, v in (await self.redis.hgetall(Keys.of(tenant, run_id).run)).items()}
+        """The run's spec and its record's other fields (plus ``leased``: whether a worker holds it), or
+        ``None`` when the tenant has no such run."""
+        keys = Keys.of(tenant, run_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.run)
+            pipe.exists(keys.lease)
+            record, leased = await pipe.execute()
+        found = {_text(k): v for k, v in record.items()}
         if "spec" not in found:
             return None
         spec = _SPEC.validate_json(found.pop("spec"))
-        return spec, {k: _text(v) for k, v in found.items()}
+        # A worker holds the run before its first step is committed: "leased" tells a taken run apart.
+        return spec, {k: _text(v) for k, v in found.items()} | {"leased": "1" if leased else ""}
 
     async def request_cancel(self, tenant: str, run_id: str) -> str | None:
         """Ask for the run to stop; returns its status after, or ``None`` when there is no such run.

@@ -157,6 +157,8 @@ def _status(record: Mapping[str, str]) -> RunStatus:
     status, reason = record.get("status", "queued"), record.get("stop_reason")
     if status == "finished":
         return "completed" if reason == "answer" else "cancelled" if reason == "cancelled" else "incomplete"
+    if status == "queued" and record.get("leased"):
+        return "in_progress"  # a worker took it; its first step is not committed yet
     return _STATUSES.get(status, "in_progress")
 
 

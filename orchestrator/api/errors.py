@@ -29,7 +29,9 @@ _TYPES = {
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
+    502: "run_error",
     503: "service_unavailable",
+    504: "timeout_error",
 }
 
 

@@ -45,10 +45,12 @@ def call(name: str, **arguments: Any) -> str:
 
 
 def script(prompt: str) -> str:
-    """Stateless: 'slow ...' pauses for ever (until cancelled or out of steps); 'tool ...' calls echo once;
+    """Stateless: 'crash ...' breaks the engine; 'slow ...' pauses for ever (until cancelled or out of steps); 'tool ...' calls echo once;
     anything else is answered at once with 'echo: <the last user text>'."""
     last = _USER.findall(prompt)[-1]
     tool_turns = prompt[prompt.rfind("<|im_start|>user\n") :].count("<|im_start|>tool\n")
+    if last.startswith("crash"):
+        raise RuntimeError("the engine broke")  # the worker records the run as failed
     if last.startswith("slow"):
         return call("pause", s=0.05, n=tool_turns)  # n varies, so it is never a repeated call
     if last.startswith("tool") and tool_turns == 0:

@@ -87,3 +87,14 @@ def test_chat_completions_refuse_an_unknown_model_in_the_envelope(client: httpx.
     response = client.post("/v1/chat/completions", json=body, headers=A)
     assert response.status_code == 422
     assert "model" in response.json()["error"]["message"]
+
+
+def test_a_run_that_fails_reads_failed_and_ends_its_streams(client: httpx.Client) -> None:
+    run = client.post("/v1/runs", json={"input": "crash now"}, headers=A).json()
+    assert [frame["event"] for frame in _events(client, run["id"])] == ["failed"]
+    failed = wait_for(client, run["id"], "failed")
+    assert "the engine broke" in failed["error"]
+    body = {"model": "hermes-3-3b", "messages": [{"role": "user", "content": "crash"}]}
+    response = client.post("/v1/chat/completions", json=body, headers=A)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "run_failed"

@@ -8,7 +8,7 @@ thread is scoped to its tenant: another tenant's ids are simply not found (404, 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request, Response
 from fastapi.responses import StreamingResponse
@@ -35,7 +35,9 @@ from orchestrator.redis_store import RedisStore
 from toolbox.protocol import ToolSpec
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: 'Authorization: Bearer <key>'")
-_ERRORS = {code: {"model": ErrorEnvelope} for code in (400, 401, 404, 409, 413, 422, 429, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorEnvelope} for code in (400, 401, 404, 409, 413, 422, 429, 503)
+}
 _SSE = {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}
 
 
@@ -69,7 +71,7 @@ def create_app(
     if not models:
         raise ValueError("create_app needs at least one model name")
     api = Api(store, {spec.name: spec for spec in tools}, tuple(models), limits or Limits())
-    app = FastAPI(title="Caduceus", version="0.1.0", responses=_ERRORS)  # type: ignore[arg-type]
+    app = FastAPI(title="Caduceus", version="0.1.0", responses=_ERRORS)
     app.state.keys, app.state.limiter = dict(keys), RateLimiter(rate_per_s, burst)
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)

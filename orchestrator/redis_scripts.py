@@ -61,3 +61,27 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'kind', 'tool_result', 'data', ARGV[3])
 return 1
 """
+
+# KEYS: run, cancel, lease, events. ARGV: outcome fields JSON, event data, maxlen, ttl.
+# Returns the status after, or nil when there is no run. Only a queued run that no worker holds (no
+# lease) is finished here.
+CANCEL = """
+if redis.call('HEXISTS', KEYS[1], 'spec') == 0 then return false end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[4])
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'queued' and redis.call('EXISTS', KEYS[3]) == 0 then
+  local fields = cjson.decode(ARGV[1])
+  for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'kind', 'finished', 'data', ARGV[2])
+  redis.call('EXPIRE', KEYS[4], ARGV[4])
+  return 'finished'
+end
+return status
+"""
+
+# KEYS: an idempotency key. ARGV: run id. Deletes the binding only while it still names that run.
+FORGET = """
+local held = redis.call('GET', KEYS[1])
+if held and cjson.decode(held)['run'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""

@@ -14,6 +14,8 @@ restricted to ``[A-Za-z0-9_.-]`` so no id can reach into another's keys)::
     cad:t:{tenant}:run:{run}:repeats      HASH    call signature -> times made (repeated-call limit)
     cad:t:{tenant}:run:{run}:lease        STRING  the owning worker's id, with a TTL renewed by heartbeats
     cad:t:{tenant}:run:{run}:cancel       STRING  present once cancellation is requested
+    cad:t:{tenant}:thread:{thread}:run    STRING  the thread's latest run: one run at a time per thread
+    cad:t:{tenant}:idem:{sha256(key)}     STRING  an Idempotency-Key's {"fingerprint", "run"} (24 h TTL)
     cad:queue                             STREAM  run queue (consumer group "orchestrators"): tenant, run
 
 A step costs O(1) writes whatever the history length: its new turns, one step record, one event, a few
@@ -28,15 +30,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from pydantic import TypeAdapter
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError, WatchError
 from redis.typing import EncodableT, FieldT
 
 from orchestrator import redis_scripts as lua
@@ -52,6 +56,10 @@ EVENTS_MAXLEN = 10_000
 _ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _SPEC: TypeAdapter[RunSpec] = TypeAdapter(RunSpec)
 _STARTED = b'{"state":"started"}'
+IDEMPOTENCY_TTL_S = 24 * 3600
+# What Redis raises when it is unreachable or refuses to serve: the REST API answers 503 for these (it
+# names them from here, because this is the one module that imports redis).
+UNAVAILABLE: tuple[type[Exception], ...] = (RedisError, OSError, StoreError)
 
 
 def _check_id(kind: str, value: str) -> str:
@@ -197,6 +205,8 @@ class RedisStore:
         self._release = redis.register_script(lua.RELEASE)
         self._begin = redis.register_script(lua.BEGIN_CALL)
         self._end = redis.register_script(lua.END_CALL)
+        self._cancel = redis.register_script(lua.CANCEL)
+        self._forget = redis.register_script(lua.FORGET)
 
     # -- the RunStore port -----------------------------------------------------------------------
 
@@ -272,10 +282,24 @@ class RedisStore:
 
     # -- submitting, reading, cancelling -----------------------------------------------------------
 
-    async def submit(self, spec: RunSpec, ckpt: Checkpoint, text: str, *, enqueue: bool = True) -> None:
-        """Append the user's turn to the thread, write the run record, and queue the run."""
+    async def submit(
+        self,
+        spec: RunSpec,
+        ckpt: Checkpoint,
+        text: str,
+        *,
+        enqueue: bool = True,
+        earlier: Sequence[str] = (),
+        extra: Mapping[str, str] | None = None,
+    ) -> None:
+        """Append the user's turn to the thread, write the run record, and queue the run.
+
+        ``earlier`` are rendered turns that go before the user's (a conversation given whole, as the
+        chat-completions endpoint receives it); ``extra`` are more record fields (the API's metadata).
+        """
         keys = Keys.of(spec.tenant, spec.run_id, spec.thread_id)
-        record: dict[FieldT, EncodableT] = {
+        record: dict[FieldT, EncodableT] = dict((extra or {}).items())
+        record |= {
             "spec": _SPEC.dump_json(spec),
             "status": "queued",
             "step": 0,
@@ -287,7 +311,7 @@ class RedisStore:
             "trace": json.dumps(ckpt.trace),
         }
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(keys.thread, user_turn(text))
+            pipe.rpush(keys.thread, *earlier, user_turn(text))
             pipe.hset(keys.run, mapping=record)
             for key in (keys.thread, keys.run):
                 pipe.expire(key, self._ttl)
@@ -329,9 +353,9 @@ class RedisStore:
         """Events after the id ``after`` (a client resumes from the last id it saw)."""
         key = Keys.of(tenant, run_id).events
         found: Any = await self.redis.xread({key: after}, count=1000, block=block_ms)
-        return [
+        return [  # a blocking read that timed out answers nil
             Event(_text(entry), _text(fields[b"kind"]), json.loads(fields[b"data"]))
-            for _, entries in found
+            for _, entries in found or ()
             for entry, fields in entries
         ]
 
@@ -341,6 +365,77 @@ class RedisStore:
     async def thread(self, tenant: str, thread_id: str) -> list[str]:
         key = Keys.of(tenant, "x", thread_id).thread
         return [_text(turn) for turn in await self.redis.lrange(key, 0, -1)]
+
+    async def record(self, tenant: str, run_id: str) -> tuple[RunSpec, dict[str, str]] | None:
+        """The run's spec and its record's other fields (plus ``leased``: whether a worker holds it), or
+        ``None`` when the tenant has no such run."""
+        keys = Keys.of(tenant, run_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.run)
+            pipe.exists(keys.lease)
+            record, leased = await pipe.execute()
+        found = {_text(k): v for k, v in record.items()}
+        if "spec" not in found:
+            return None
+        spec = _SPEC.validate_json(found.pop("spec"))
+        # A worker holds the run before its first step is committed: "leased" tells a taken run apart.
+        return spec, {k: _text(v) for k, v in found.items()} | {"leased": "1" if leased else ""}
+
+    async def request_cancel(self, tenant: str, run_id: str) -> str | None:
+        """Ask for the run to stop; returns its status after, or ``None`` when there is no such run.
+
+        A queued run that no worker holds is finished here (stop reason ``cancelled``), atomically with
+        the check, so a worker that takes it later finds it finished; a held run hears of the request
+        through its worker's heartbeat."""
+        keys = Keys.of(tenant, run_id)
+        fields = {"status": "finished", "stop_reason": "cancelled", "output": "", "value": "null"}
+        data = json.dumps({"stop_reason": "cancelled", "steps": 0})
+        args: list[EncodableT] = [json.dumps(fields), data, EVENTS_MAXLEN, self._ttl]
+        found = await self._cancel(keys=[keys.run, keys.cancel, keys.lease, keys.events], args=args)
+        return None if found is None else _text(found)
+
+    async def remember_request(self, tenant: str, key: str, fingerprint: str, run_id: str) -> dict[str, str]:
+        """Bind an idempotency key to a request (its fingerprint) and the run it created, unless the key
+        is bound already; returns the binding that holds now (the caller's, or the earlier one)."""
+        name = _idempotency_key(tenant, key)
+        mine = json.dumps({"fingerprint": fingerprint, "run": run_id})
+        if await self.redis.set(name, mine, nx=True, ex=IDEMPOTENCY_TTL_S):
+            return {"fingerprint": fingerprint, "run": run_id}
+        held = await self.redis.get(name)
+        return dict(json.loads(held)) if held else {"fingerprint": fingerprint, "run": run_id}
+
+    async def forget_request(self, tenant: str, key: str, run_id: str) -> None:
+        """Unbind an idempotency key whose run was never created (only if it is still bound to it)."""
+        await self._forget(keys=[_idempotency_key(tenant, key)], args=[run_id])
+
+    async def claim_thread(self, tenant: str, thread_id: str, run_id: str) -> str | None:
+        """Make ``run_id`` the thread's run unless another run of it is still queued or running (two runs
+        appending to one thread at once would interleave their turns); returns that run's id, or None.
+
+        A claimed run whose record was never written (its submission failed) holds nothing."""
+        key = Keys.of(tenant, "x", thread_id).thread + ":run"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(key)
+                holder = _text(await pipe.get(key))
+                if holder and holder != run_id:
+                    status = _text(await pipe.hget(Keys.of(tenant, holder).run, "status"))
+                    if status in ("queued", "running"):
+                        return holder
+                pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                pipe.set(key, run_id, ex=self._ttl)
+                await pipe.execute()
+            except WatchError:
+                return _text(await self.redis.get(key)) or "?"  # a run claimed it just now
+        return None
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+
+def _idempotency_key(tenant: str, key: str) -> str:
+    # Hashed: a client's key may hold any characters, and its length is bounded here.
+    return f"cad:t:{_check_id('tenant', tenant)}:idem:{hashlib.sha256(key.encode()).hexdigest()[:40]}"
 
 
 def _event(kind: str, data: dict[str, Any]) -> dict[FieldT, EncodableT]:

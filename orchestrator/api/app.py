@@ -1,0 +1,147 @@
+"""The REST API as a plain FastAPI application over the Redis run store.
+
+``create_app`` builds it; a Ray Serve ingress (in ``deploy``) or uvicorn serves it. Routes authenticate
+(API key -> tenant), rate-limit per key, and delegate to ``service`` in a line or two. Every run and
+thread is scoped to its tenant: another tenant's ids are simply not found (404, never 403).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request, Response
+from fastapi.responses import StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from orchestrator.api import chat, errors, service
+from orchestrator.api.auth import RateLimiter, authenticate
+from orchestrator.api.limits import BodyLimit
+from orchestrator.api.models import (
+    ChatCompletion,
+    ChatRequest,
+    ErrorEnvelope,
+    Health,
+    Run,
+    RunRequest,
+    ThreadMessages,
+    Tool,
+    ToolList,
+)
+from orchestrator.api.service import Api
+from orchestrator.api.sse import check_event_id, sse_events
+from orchestrator.ports import Limits
+from orchestrator.redis_store import RedisStore
+from toolbox.protocol import ToolSpec
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: 'Authorization: Bearer <key>'")
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorEnvelope} for code in (400, 401, 404, 409, 413, 422, 429, 503)
+}
+_SSE = {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}
+
+
+async def _tenant(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> str:
+    """The caller's tenant, from its API key; each key's requests are rate-limited."""
+    header = f"{credentials.scheme} {credentials.credentials}" if credentials else None
+    key, tenant = authenticate(request.app.state.keys, header)
+    request.app.state.limiter.take(key)
+    return tenant
+
+
+Tenant = Annotated[str, Depends(_tenant)]
+
+
+def create_app(
+    store: RedisStore,
+    *,
+    keys: Mapping[str, str],
+    tools: Iterable[ToolSpec] = (),
+    models: Sequence[str] = ("hermes-3-3b",),
+    limits: Limits | None = None,
+    rate_per_s: float = 20.0,
+    burst: int = 40,
+    max_body_bytes: int = 1 << 20,
+    chat_wait_s: float = 300.0,
+) -> FastAPI:
+    """The API. ``keys`` maps API keys to tenants; ``tools`` are what runs may name; ``models`` the
+    model names accepted (the first is the default); ``limits`` the defaults a request may override."""
+    if not models:
+        raise ValueError("create_app needs at least one model name")
+    api = Api(store, {spec.name: spec for spec in tools}, tuple(models), limits or Limits())
+    app = FastAPI(title="Caduceus", version="0.1.0", responses=_ERRORS)
+    app.state.keys, app.state.limiter = dict(keys), RateLimiter(rate_per_s, burst)
+    errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    _health_routes(app, store)
+    _run_routes(app, api)
+    _chat_routes(app, api, chat_wait_s)
+    return app
+
+
+def _health_routes(app: FastAPI, store: RedisStore) -> None:
+    @app.get("/healthz")
+    async def healthz() -> Health:
+        return Health()
+
+    @app.get("/readyz")
+    async def readyz() -> Health:
+        await store.ping()  # a Redis failure raises, and its handler answers 503
+        return Health()
+
+
+def _run_routes(app: FastAPI, api: Api) -> None:
+    @app.post("/v1/runs", status_code=202)
+    async def create_run(
+        body: RunRequest,
+        tenant: Tenant,
+        response: Response,
+        idempotency_key: Annotated[str | None, Header()] = None,
+    ) -> Run:
+        run = await service.submit(api, tenant, body, idempotency_key)
+        response.headers["Location"] = f"/v1/runs/{run.id}"
+        return run
+
+    @app.get("/v1/runs/{run_id}")
+    async def get_run(run_id: str, tenant: Tenant) -> Run:
+        return await service.view(api, tenant, run_id)
+
+    @app.post("/v1/runs/{run_id}/cancel")
+    async def cancel_run(run_id: str, tenant: Tenant) -> Run:
+        return await service.cancel(api, tenant, run_id)
+
+    @app.get("/v1/runs/{run_id}/events", response_class=StreamingResponse, responses={200: _SSE})
+    async def run_events(
+        run_id: str, tenant: Tenant, last_event_id: Annotated[str | None, Header()] = None
+    ) -> StreamingResponse:
+        after = check_event_id(last_event_id)
+        await service.view(api, tenant, run_id)  # 404 before the stream starts
+        return StreamingResponse(sse_events(api.store, tenant, run_id, after), media_type="text/event-stream")
+
+    @app.get("/v1/threads/{thread_id}/messages")
+    async def thread_messages(thread_id: str, tenant: Tenant) -> ThreadMessages:
+        found = await service.messages(api, tenant, thread_id)
+        return ThreadMessages(thread_id=thread_id, data=found)
+
+    @app.get("/v1/tools")
+    async def list_tools(tenant: Tenant) -> ToolList:
+        return ToolList(
+            data=[
+                Tool(name=t.name, description=t.description, parameters=t.parameters)
+                for t in api.tools.values()
+            ]
+        )
+
+
+def _chat_routes(app: FastAPI, api: Api, wait_s: float) -> None:
+    ok = {"model": ChatCompletion, "content": {"text/event-stream": {}}}
+
+    @app.post("/v1/chat/completions", responses={200: ok})
+    async def chat_completions(body: ChatRequest, tenant: Tenant) -> Response:
+        run = await chat.start(api, tenant, body)
+        if body.stream:
+            return StreamingResponse(chat.stream(api, tenant, run, wait_s), media_type="text/event-stream")
+        done = await chat.wait(api, tenant, run.id, wait_s)
+        return Response(chat.completion(done).model_dump_json(), media_type="application/json")

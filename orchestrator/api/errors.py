@@ -1,0 +1,103 @@
+"""The API's one error envelope, ``{"error": {"type", "code", "message"}}``, and the handlers that turn
+every failure into it: a client never sees a stack trace or a raw validation dump.
+
+``ApiError`` (under ``OrchestratorError``) is raised by the routes for what the client got wrong or may
+retry; validation errors name the field; Redis being down is a 503; anything else is a bare 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.redis_store import UNAVAILABLE
+
+log = logging.getLogger(__name__)
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    502: "run_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+
+class ApiError(OrchestratorError):
+    """A failure reported to the client with ``status`` and a stable ``code``."""
+
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
+
+
+def envelope(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"type": _TYPES.get(status, "api_error"), "code": code, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def not_found(what: str, ident: str) -> ApiError:
+    return ApiError(404, f"{what}_not_found", f"no {what} {ident!r}")
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    # ("body", "limits", "max_steps") -> "limits.max_steps"; the "body" prefix tells the client nothing.
+    parts = [str(part) for part in loc if part != "body"]
+    return ".".join(parts) or "body"
+
+
+async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return envelope(exc.status, exc.code, exc.message, exc.headers)
+
+
+async def _validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": "value_error"}
+    if first.get("type") == "json_invalid":
+        return envelope(400, "invalid_json", "the request body is not valid JSON")
+    message = f"{_field(tuple(first.get('loc', ())))}: {first.get('msg', 'invalid')}"
+    return envelope(422, "validation_error", message)
+
+
+async def _http(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return envelope(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("%s %s: store unavailable: %s", request.method, request.url.path, exc)
+    return envelope(
+        503, "store_unavailable", "the run store is unavailable; retry later", {"Retry-After": "1"}
+    )
+
+
+async def _internal(request: Request, exc: Exception) -> JSONResponse:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return envelope(500, "internal_error", "internal error")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(HTTPException, _http)
+    for kind in UNAVAILABLE:
+        app.add_exception_handler(kind, _unavailable)
+    app.add_exception_handler(Exception, _internal)

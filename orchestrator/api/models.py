@@ -1,0 +1,126 @@
+"""The REST API's bodies: pydantic at the edge only. Requests are strict (unknown fields are refused, so a
+misspelt limit is an error, not a silent default); responses are plain models for the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RunStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled", "incomplete"]
+_ID = r"^[A-Za-z0-9_.-]{1,128}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Message(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=200_000)
+
+
+class RunLimits(_Strict):
+    max_steps: int | None = Field(None, ge=1, le=1000)
+    deadline_s: float | None = Field(None, gt=0, le=24 * 3600)
+
+
+class RunRequest(_Strict):
+    input: str | list[Message] = Field(description="The user's text, or a conversation ending in a user turn")
+    thread_id: str | None = Field(None, pattern=_ID, description="Continue this conversation")
+    model: str | None = Field(None, max_length=128)
+    tools: list[str] = Field(default_factory=list, max_length=64)
+    system: str | None = Field(None, max_length=100_000)
+    json_schema: dict[str, Any] | None = None
+    limits: RunLimits = RunLimits()
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Run(BaseModel):
+    object: Literal["run"] = "run"
+    id: str
+    status: RunStatus
+    thread_id: str
+    model: str
+    created_at: float
+    stop_reason: str | None = None
+    output: str | None = None
+    value: Any = None
+    error: str | None = None
+    steps: int = 0
+    usage: Usage
+
+
+class ThreadMessage(BaseModel):
+    role: str
+    content: str
+
+
+class ThreadMessages(BaseModel):
+    object: Literal["list"] = "list"
+    thread_id: str
+    data: list[ThreadMessage]
+
+
+class Tool(BaseModel):
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+class ToolList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Tool]
+
+
+class ErrorBody(BaseModel):
+    type: str
+    code: str
+    message: str
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ChatMessage(BaseModel):
+    # Clients of the OpenAI API send more fields (name, tool_calls...): tolerated and ignored here.
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=200_000)
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str = Field(max_length=128)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=500)
+    stream: bool = False
+
+
+class ChatChoiceMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: ChatChoiceMessage
+    finish_reason: str
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage

@@ -1,0 +1,209 @@
+"""What the routes do, without HTTP: turn a validated request into a run in the store, and a run record
+back into the API's view of it. The API only enqueues runs and reads state; workers execute them."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema.exceptions import SchemaError
+from jsonschema.validators import validator_for
+
+from orchestrator.api.errors import ApiError, not_found
+from orchestrator.api.models import Message, Run, RunRequest, RunStatus, ThreadMessage, Usage
+from orchestrator.ports import Limits, RunSpec
+from orchestrator.redis_store import RedisStore
+from orchestrator.runs import first_checkpoint, new_run
+from toolbox.hermes import neutralize, turn
+from toolbox.protocol import ToolSpec
+
+_TURN = re.compile(r"<\|im_start\|>([a-z]+)\n(.*?)<\|im_end\|>", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Api:
+    """Everything the routes share: the store, the tools runs may use, the model names accepted."""
+
+    store: RedisStore
+    tools: Mapping[str, ToolSpec]
+    models: Sequence[str]
+    limits: Limits
+
+
+@dataclass(frozen=True)
+class _Conversation:
+    text: str
+    earlier: tuple[str, ...]
+    system: str | None
+
+
+def _conversation(request: RunRequest) -> _Conversation:
+    if isinstance(request.input, str):
+        return _Conversation(request.input, (), request.system)
+    return split_messages(request.input, request.system)
+
+
+def split_messages(messages: Sequence[Message], system: str | None = None) -> _Conversation:
+    """System messages join the system prompt; the last message is the new user turn; the rest are
+    earlier turns of the conversation, rendered (and neutralized, as untrusted) here."""
+    systems = [system] if system else []
+    systems += [m.content for m in messages if m.role == "system"]
+    talk = [m for m in messages if m.role != "system"]
+    if not talk or talk[-1].role != "user":
+        raise ApiError(422, "validation_error", "input: the last message must be a user message")
+    earlier = tuple(turn(m.role, neutralize(m.content)) for m in talk[:-1])
+    return _Conversation(talk[-1].content, earlier, "\n\n".join(systems) or None)
+
+
+def _tools(api: Api, names: Sequence[str]) -> list[ToolSpec]:
+    unknown = [name for name in names if name not in api.tools]
+    if unknown:
+        raise ApiError(422, "validation_error", f"tools: unknown tool {unknown[0]!r} (see GET /v1/tools)")
+    return [api.tools[name] for name in dict.fromkeys(names)]
+
+
+def _model(api: Api, name: str | None) -> str:
+    if name is None:
+        return api.models[0]
+    if name not in api.models:
+        raise ApiError(422, "validation_error", f"model: unknown model {name!r}")
+    return name
+
+
+def _check_schema(schema: dict[str, Any] | None) -> None:
+    if schema is None:
+        return
+    try:
+        validator_for(schema).check_schema(schema)
+    except SchemaError as exc:
+        raise ApiError(
+            422, "validation_error", f"json_schema: not a valid JSON Schema: {exc.message}"
+        ) from None
+
+
+def _limits(api: Api, request: RunRequest) -> Limits:
+    given = {k: v for k, v in request.limits.model_dump().items() if v is not None}
+    return dataclasses.replace(api.limits, **given)
+
+
+def fingerprint(request: RunRequest) -> str:
+    return hashlib.sha256(json.dumps(request.model_dump(), sort_keys=True).encode()).hexdigest()
+
+
+async def submit(api: Api, tenant: str, request: RunRequest, idempotency_key: str | None) -> Run:
+    """Create and enqueue the run, or return the run an earlier request with the same key created."""
+    model, tools = _model(api, request.model), _tools(api, request.tools)
+    _check_schema(request.json_schema)
+    talk = _conversation(request)
+    if request.thread_id and not await api.store.thread(tenant, request.thread_id):
+        raise not_found("thread", request.thread_id)
+    run_id = f"run_{uuid.uuid4().hex}"
+    if idempotency_key is not None:
+        earlier = await _idempotent(api, tenant, request, idempotency_key, run_id)
+        if earlier is not None:
+            return earlier
+    spec = new_run(
+        tenant=tenant,
+        thread_id=request.thread_id or f"thread_{uuid.uuid4().hex}",
+        tools=tools,
+        system=talk.system,
+        json_schema=request.json_schema,
+        limits=_limits(api, request),
+        run_id=run_id,
+    )
+    try:
+        await _enqueue(api, spec, talk, model)
+    except BaseException:
+        # Nothing was created: the key must not stay bound to a run that does not exist.
+        if idempotency_key is not None:
+            await api.store.forget_request(tenant, idempotency_key, run_id)
+        raise
+    return await view(api, tenant, run_id)
+
+
+async def _enqueue(api: Api, spec: RunSpec, talk: _Conversation, model: str) -> None:
+    busy = await api.store.claim_thread(spec.tenant, spec.thread_id, spec.run_id)
+    if busy is not None:
+        message = f"thread {spec.thread_id} has a run in progress ({busy}); wait for it"
+        raise ApiError(409, "thread_busy", message)
+    extra = {"model": model, "created_at": repr(time.time())}
+    await api.store.submit(spec, first_checkpoint(spec, []), talk.text, earlier=talk.earlier, extra=extra)
+
+
+async def _idempotent(api: Api, tenant: str, request: RunRequest, key: str, run_id: str) -> Run | None:
+    if not key or len(key) > 255:
+        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 characters")
+    held = await api.store.remember_request(tenant, key, fingerprint(request), run_id)
+    if held["run"] == run_id:
+        return None
+    if held["fingerprint"] != fingerprint(request):
+        raise ApiError(409, "idempotency_conflict", "this Idempotency-Key was used with a different body")
+    if await api.store.record(tenant, held["run"]) is None:
+        raise ApiError(409, "idempotency_in_progress", "a request with this Idempotency-Key is in progress")
+    return await view(api, tenant, held["run"])
+
+
+_STATUSES: dict[str, RunStatus] = {"queued": "queued", "running": "in_progress", "failed": "failed"}
+
+
+def _status(record: Mapping[str, str]) -> RunStatus:
+    status, reason = record.get("status", "queued"), record.get("stop_reason")
+    if status == "finished":
+        return "completed" if reason == "answer" else "cancelled" if reason == "cancelled" else "incomplete"
+    if status == "queued" and record.get("leased"):
+        return "in_progress"  # a worker took it; its first step is not committed yet
+    return _STATUSES.get(status, "in_progress")
+
+
+def run_view(spec: RunSpec, record: Mapping[str, str]) -> Run:
+    prompt, completion = int(record.get("prompt_tokens", 0)), int(record.get("completion_tokens", 0))
+    return Run(
+        id=spec.run_id,
+        status=_status(record),
+        thread_id=spec.thread_id,
+        model=record.get("model", ""),
+        created_at=float(record.get("created_at", 0)),
+        stop_reason=record.get("stop_reason"),
+        output=record.get("output"),
+        value=json.loads(record.get("value", "null")),
+        error=record.get("error"),
+        steps=int(record.get("step", 0)),
+        usage=Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion),
+    )
+
+
+async def view(api: Api, tenant: str, run_id: str) -> Run:
+    found = await api.store.record(tenant, check_id("run", run_id))
+    if found is None:
+        raise not_found("run", run_id)
+    return run_view(*found)
+
+
+async def cancel(api: Api, tenant: str, run_id: str) -> Run:
+    if await api.store.request_cancel(tenant, check_id("run", run_id)) is None:
+        raise not_found("run", run_id)
+    return await view(api, tenant, run_id)
+
+
+async def messages(api: Api, tenant: str, thread_id: str) -> list[ThreadMessage]:
+    turns = await api.store.thread(tenant, check_id("thread", thread_id))
+    if not turns:
+        raise not_found("thread", thread_id)
+    return [ThreadMessage(role=m[1], content=m[2]) for t in turns for m in _TURN.finditer(t)]
+
+
+_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+def check_id(kind: str, value: str) -> str:
+    # An id the store could never have issued names nothing: 404, as for any other unknown id.
+    if not _ID.fullmatch(value):
+        raise not_found(kind, value)
+    return value

@@ -1,0 +1,100 @@
+"""Server-Sent Events with resume, and the OpenAI-compatible chat completions, over a real service."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.integration.conftest_api import A, api_client, sse, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[httpx.Client]:
+    with api_client(redis_url, worker=True) as http:
+        yield http
+
+
+def _events(client: httpx.Client, run_id: str, last: str | None = None) -> list[dict[str, str]]:
+    headers = {**A, "Last-Event-ID": last} if last else A
+    with client.stream("GET", f"/v1/runs/{run_id}/events", headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        return list(sse(response))
+
+
+def test_events_stream_to_the_end_and_resume_after_any_id(client: httpx.Client) -> None:
+    run = client.post("/v1/runs", json={"input": "tool hi", "tools": ["echo"]}, headers=A).json()
+    # Read while the run goes on: the stream ends by itself after the final event.
+    live = _events(client, run["id"])
+    kinds = [frame["event"] for frame in live]
+    # A call's result is recorded as it ends, before the step that made it is committed.
+    assert kinds == ["tool_result", "step", "step", "finished"]
+    assert json.loads(live[-1]["data"])["stop_reason"] == "answer"
+    ids = [frame["id"] for frame in live]
+    assert len(set(ids)) == len(ids)
+    for n, ident in enumerate(ids):
+        resumed = _events(client, run["id"], last=ident)
+        assert [frame["id"] for frame in resumed] == ids[n + 1 :]
+        assert [frame["data"] for frame in resumed] == [frame["data"] for frame in live[n + 1 :]]
+
+
+def test_events_of_a_cancelled_queued_run_end_with_finished(redis_url: str) -> None:
+    with api_client(redis_url, worker=False) as http:
+        run = http.post("/v1/runs", json={"input": "x"}, headers=A).json()
+        http.post(f"/v1/runs/{run['id']}/cancel", headers=A)
+        frames = _events(http, run["id"])
+        assert [frame["event"] for frame in frames] == ["finished"]
+        bad = http.get(f"/v1/runs/{run['id']}/events", headers={**A, "Last-Event-ID": "nope"})
+        assert bad.status_code == 400
+
+
+def test_chat_completions_non_streaming(client: httpx.Client) -> None:
+    body = {
+        "model": "hermes-3-3b",
+        "messages": [{"role": "system", "content": "be kind"}, {"role": "user", "content": "hello"}],
+    }
+    response = client.post("/v1/chat/completions", json=body, headers=A)
+    assert response.status_code == 200
+    completion = response.json()
+    assert completion["object"] == "chat.completion"
+    assert completion["choices"][0]["message"] == {"role": "assistant", "content": "echo: hello"}
+    assert completion["choices"][0]["finish_reason"] == "stop"
+    run_id = completion["id"].removeprefix("chatcmpl-")
+    assert wait_for(client, run_id, "completed")["output"] == "echo: hello"
+
+
+def test_chat_completions_streaming(client: httpx.Client) -> None:
+    body = {"model": "hermes-3-3b", "stream": True, "messages": [{"role": "user", "content": "hey"}]}
+    with client.stream("POST", "/v1/chat/completions", json=body, headers=A) as response:
+        assert response.status_code == 200
+        frames = [frame["data"] for frame in sse(response)]
+    assert frames[-1] == "[DONE]"
+    chunks = [json.loads(data) for data in frames[:-1]]
+    assert all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)
+    text = "".join(chunk["choices"][0]["delta"].get("content", "") for chunk in chunks)
+    assert text == "echo: hey"
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_chat_completions_refuse_an_unknown_model_in_the_envelope(client: httpx.Client) -> None:
+    body = {"model": "gpt-9", "messages": [{"role": "user", "content": "hey"}]}
+    response = client.post("/v1/chat/completions", json=body, headers=A)
+    assert response.status_code == 422
+    assert "model" in response.json()["error"]["message"]
+
+
+def test_a_run_that_fails_reads_failed_and_ends_its_streams(client: httpx.Client) -> None:
+    run = client.post("/v1/runs", json={"input": "crash now"}, headers=A).json()
+    assert [frame["event"] for frame in _events(client, run["id"])] == ["failed"]
+    failed = wait_for(client, run["id"], "failed")
+    assert "the engine broke" in failed["error"]
+    body = {"model": "hermes-3-3b", "messages": [{"role": "user", "content": "crash"}]}
+    response = client.post("/v1/chat/completions", json=body, headers=A)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "run_failed"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, cast, get_args
 
 from toolbox.hermes import validate
 from toolbox.protocol import ToolCall, ToolError, ToolErrorType, ToolResult, ToolSpec
@@ -20,18 +20,7 @@ from workers.registry import ToolEntry, ToolRegistry, resolve
 from workers.sandbox import Sandbox, create_sandbox, scratch_dir
 from workers.sandbox.policy import Outcome, Task
 
-_KNOWN_ERRORS = {
-    "unknown_tool",
-    "invalid_arguments",
-    "malformed_call",
-    "tool_error",
-    "timeout",
-    "out_of_memory",
-    "crashed",
-    "output_truncated",
-    "denied",
-    "cancelled",
-}
+_KNOWN_ERRORS = frozenset(get_args(ToolErrorType))
 
 
 class Executor:

@@ -23,6 +23,8 @@ def new_run(
     limits: Limits | None = None,
     sampling: Sampling | None = None,
     run_id: str | None = None,
+    constrained: bool = False,
+    tool_choice: Sequence[str] = (),
 ) -> RunSpec:
     """A run's fixed spec. The tools, JSON-mode and caller's system turns are rendered here, once."""
     messages = [SystemMessage(system)] if system else []
@@ -36,6 +38,8 @@ def new_run(
         json_schema=json_schema,
         limits=limits or Limits(),
         sampling=sampling or Sampling(),
+        constrained=constrained,
+        tool_choice=tuple(tool_choice),
     )
 
 

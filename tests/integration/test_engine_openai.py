@@ -19,6 +19,7 @@ from orchestrator.memory import FunctionExecutor, MemoryStore
 from orchestrator.ports import CompletionRequest, Limits
 from orchestrator.runs import first_checkpoint, new_run, user_turn
 from orchestrator.tracing import Tracing
+from toolbox.hermes.constraint import tool_calls
 from toolbox.protocol import ToolSpec
 
 pytestmark = pytest.mark.integration
@@ -150,3 +151,39 @@ def test_other_http_errors_are_engine_errors(server: Server) -> None:
 
     with pytest.raises(EngineError, match="HTTP 404"):
         asyncio.run(main())
+
+
+def test_a_constrained_run_sends_vllms_structural_tag_option(server: Server) -> None:
+    server.outputs = ['<tool_call>\n{"name": "echo", "arguments": {"text": "hi"}}\n</tool_call>', "Said hi."]
+    spec = new_run(tenant="t", thread_id="th", tools=[ECHO], constrained=True, tool_choice=("echo",))
+
+    async def main() -> Any:
+        engine = OpenAICompletionsEngine(url(server), "m")
+        try:
+            agent = Agent(engine, FunctionExecutor({"echo": lambda text: text}), MemoryStore())
+            return await agent.run(spec, first_checkpoint(spec, [user_turn("say hi")]))
+        finally:
+            await engine.aclose()
+
+    assert asyncio.run(main()).stop_reason == "answer"
+    (_, first), (_, second) = server.requests
+    # vLLM's CompletionRequest.structured_outputs (StructuredOutputsParams): structural_tag is a JSON string.
+    assert json.loads(first["structured_outputs"]["structural_tag"]) == tool_calls(
+        [ECHO], require=True, single=True
+    )
+    assert json.loads(second["structured_outputs"]["structural_tag"]) == tool_calls([ECHO])
+
+
+def test_an_unconstrained_request_has_no_structured_outputs(server: Server) -> None:
+    server.outputs = ["hello"]
+
+    async def main() -> None:
+        engine = OpenAICompletionsEngine(url(server), "m")
+        try:
+            async for _ in engine.stream(CompletionRequest("hi")):
+                pass
+        finally:
+            await engine.aclose()
+
+    asyncio.run(main())
+    assert "structured_outputs" not in server.requests[0][1]

@@ -1,6 +1,6 @@
-"""``caduceus demo``: the Hermes protocol end to end, on a scripted model output.
+"""``caduceus demo --protocol``: the Hermes protocol end to end, on a scripted model output.
 
-Until the service runs a real model, the demo shows the wire format at work: two typed tools become the
+Without any model, it shows the wire format at work: two typed tools become the
 trained function-calling prompt, a scripted Hermes output streams through the incremental parser in
 small pieces, each call is reported the moment its block closes and is validated against its schema, and
 the results go back as one ``tool`` turn that extends the prompt append-only.
@@ -71,12 +71,6 @@ _FUNCTIONS: dict[str, Any] = {
 }
 
 
-def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    parser = subparsers.add_parser("demo", help="show the Hermes protocol end to end (scripted model)")
-    parser.add_argument("--chunk", type=int, default=7, help="characters per streamed piece (default 7)")
-    parser.set_defaults(handler=run)
-
-
 def run(args: argparse.Namespace) -> int:
     specs = [tool_spec(fn) for fn in _FUNCTIONS.values()]
     messages: list[Any] = [UserMessage("What's the temperature and the wind in Paris right now?")]
@@ -92,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     next_prompt = render_prompt([*messages, assistant, ToolMessage(tuple(results))], specs)
     assert next_prompt.startswith(prompt)
     print(next_prompt[len(prompt) :])
-    print("(demo: scripted model output; the service with a real model arrives with the service issues)")
+    print("(demo --protocol: scripted model output; `caduceus demo` runs a real model)")
     return 0
 
 

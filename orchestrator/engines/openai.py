@@ -68,7 +68,7 @@ class OpenAICompletionsEngine:
         if request.sampling.seed is not None:
             body["seed"] = request.sampling.seed
         if request.constraint is not None:
-            # vLLM's completions request (>= 0.11) takes structured outputs as one object; its
+            # vLLM's completions request (0.29: CompletionRequest.structured_outputs) takes one object; its
             # ``structural_tag`` is the xgrammar document as a JSON string.
             body["structured_outputs"] = {"structural_tag": json.dumps(request.constraint)}
         return body

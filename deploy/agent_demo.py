@@ -49,10 +49,7 @@ from workers.executor import Executor
 from workers.registry import ToolRegistry, builtin_registry
 from workers.sandbox import scratch_dir
 
-QUESTION = (
-    "What is 17 times 23? First compute it with the calculator, "
-    "then save the result to result.txt with the files tool."
-)
+QUESTION = "Use the calculator to compute 17 * 23. Then use the files tool to write the result to result.txt."
 TENANT = "demo"
 #: The task's shape, given to the grammar: compute, then store, then answer in words.
 TOOL_CHOICE = ("calculator", "files", "none")
@@ -72,7 +69,7 @@ NARROW: dict[str, dict[str, Any]] = {
 def narrowed(spec: ToolSpec) -> ToolSpec:
     """``spec`` with the demo's narrower argument schemas, all of them required."""
     properties = {**spec.parameters.get("properties", {}), **NARROW.get(spec.name, {})}
-    parameters = {**spec.parameters, "properties": properties, "required": sorted(properties)}
+    parameters = {**spec.parameters, "properties": properties, "required": list(properties)}
     return replace(spec, parameters=parameters)
 
 

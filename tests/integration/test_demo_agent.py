@@ -32,7 +32,11 @@ def test_a_two_step_tool_run_with_the_real_model(tmp_path: Path, monkeypatch: py
         391,
     )
     call, stored = store
-    assert (call.name, call.arguments["action"], stored.ok) == ("files", "write", True)
+    assert (call.name, call.arguments, stored.ok) == (
+        "files",
+        {"action": "write", "path": "result.txt", "content": "391"},
+        True,
+    )
     offered = [agent_demo.narrowed(spec) for spec in agent_demo.demo_registry().specs()]
     assert validate(compute[0], offered) is None and validate(call, offered) is None
     # The file is in the conversation's scratch directory, written by the sandboxed tool.
@@ -45,5 +49,5 @@ def test_a_two_step_tool_run_with_the_real_model(tmp_path: Path, monkeypatch: py
     )
     assert 'ran calculator in its sandbox -> {"name": "calculator", "content": 391}' in transcript
     lines = agent_demo.summary(result)
-    assert any(line.startswith("verdict: ") for line in lines)
+    assert "verdict: the model stored the calculator's result (391)" in lines
     assert "stop reason: answer; 3 steps" in lines[0]

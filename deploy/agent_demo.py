@@ -242,13 +242,10 @@ def make_engine(model: str | None, endpoint: str | None, served_model: str) -> C
     """The engine the flags name: an OpenAI-compatible endpoint, or a local model (SmolLM2 by default)."""
     if endpoint:
         return OpenAICompletionsEngine(endpoint, served_model or "default")
-    from transformers.utils import logging  # noqa: PLC0415 - heavy: only for a local model
-
-    from orchestrator.local_model import LocalModel  # noqa: PLC0415
-
-    # The GGUF conversion's progress bars would bury the transcript.
-    logging.disable_progress_bar()
+    # The GGUF conversion's progress bars would bury the transcript; tqdm reads this when imported.
     os.environ.setdefault("TQDM_DISABLE", "1")
+    from orchestrator.local_model import LocalModel  # noqa: PLC0415 - heavy: only for a local model
+
     return LocalEngine(LocalModel(model))
 
 

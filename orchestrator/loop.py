@@ -99,7 +99,7 @@ def constraint_for(spec: RunSpec, step: int) -> dict[str, Any] | None:
         return tool_calls(spec.tools)
     # A required turn is one call: the task goes a tool at a time, each call seeing the results before it.
     offered = [tool for tool in spec.tools if choice in ("required", tool.name)]
-    return tool_calls(offered or spec.tools, require=True, single=True)
+    return tool_calls(offered, require=True, single=True)
 
 
 class Agent:

@@ -27,6 +27,10 @@ def new_run(
     tool_choice: Sequence[str] = (),
 ) -> RunSpec:
     """A run's fixed spec. The tools, JSON-mode and caller's system turns are rendered here, once."""
+    known = {"auto", "required", "none", *(tool.name for tool in tools)}
+    unknown = [choice for choice in tool_choice if choice not in known]
+    if unknown:
+        raise ValueError(f"tool_choice {unknown} names no offered tool (or auto, required, none)")
     messages = [SystemMessage(system)] if system else []
     prefix = render_prompt(messages, list(tools), json_schema=json_schema, add_generation_prompt=False)
     return RunSpec(

@@ -6,6 +6,8 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
+
 from orchestrator.engines import ScriptedEngine
 from orchestrator.loop import Agent, constraint_for
 from orchestrator.memory import FunctionExecutor, MemoryStore
@@ -67,3 +69,8 @@ def test_json_mode_without_tools_constrains_the_answer() -> None:
     spec = new_run(tenant="t", thread_id="th", json_schema=SCHEMA, constrained=True)
     assert constraint_for(spec, 0) == json_answer(SCHEMA)
     assert constraint_for(new_run(tenant="t", thread_id="th", constrained=True), 0) is None
+
+
+def test_a_tool_choice_must_name_an_offered_tool() -> None:
+    with pytest.raises(ValueError, match="names no offered tool"):
+        new_run(tenant="t", thread_id="th", tools=[ADD], constrained=True, tool_choice=("save",))

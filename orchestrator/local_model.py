@@ -220,4 +220,5 @@ class _GrammarCache:
         return self._compiler.compile_structural_tag(document)
 
     def matcher(self, constraint: Mapping[str, Any]) -> _Matcher:
-        return _Matcher(self._compile(json.dumps(constraint, sort_keys=True)))
+        # Key order is kept: xgrammar has a model write an object's properties in the schema's order.
+        return _Matcher(self._compile(json.dumps(constraint)))

@@ -45,6 +45,7 @@ from toolbox.hermes import (
     render_tool_turn,
     turn,
 )
+from toolbox.hermes.constraint import json_answer, text_only, tool_calls
 from toolbox.protocol import AssistantMessage, ToolResult
 
 
@@ -81,6 +82,24 @@ class ModelTurn:
     prompt_tokens: int
     completion_tokens: int
     dropped: int
+
+
+def constraint_for(spec: RunSpec, step: int) -> dict[str, Any] | None:
+    """The decoding constraint for model turn ``step`` of a constrained run (``RunSpec.tool_choice``),
+    or its JSON-mode schema; ``None`` when unconstrained. A run with both tools and a schema constrains
+    the calls only: one grammar cannot hold both."""
+    if not spec.constrained:
+        return None
+    if not spec.tools:
+        return json_answer(spec.json_schema) if spec.json_schema is not None else None
+    choice = spec.tool_choice[step] if step < len(spec.tool_choice) else "auto"
+    if choice == "none":
+        return text_only()
+    if choice == "auto":
+        return tool_calls(spec.tools)
+    # A required turn is one call: the task goes a tool at a time, each call seeing the results before it.
+    offered = [tool for tool in spec.tools if choice in ("required", tool.name)]
+    return tool_calls(offered, require=True, single=True)
 
 
 class Agent:
@@ -179,7 +198,13 @@ class Agent:
         """Stream the model's turn; each call is dispatched the moment the parser completes it."""
         dispatch = Dispatch(Runner(spec, self._executor, self._store, self._tracing), ckpt)
         parser = StreamParser(id_prefix=f"call_{ckpt.step}_")
-        request = CompletionRequest(prompt, max_tokens, sampling=spec.sampling, session_id=spec.thread_id)
+        request = CompletionRequest(
+            prompt,
+            max_tokens,
+            sampling=spec.sampling,
+            session_id=spec.thread_id,
+            constraint=constraint_for(spec, ckpt.step),
+        )
         try:
             with self._tracing.chat(self._engine.model, spec.thread_id, max_tokens) as span:
                 last = await self._stream(request, parser, dispatch)

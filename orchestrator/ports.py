@@ -40,13 +40,15 @@ class Sampling:
 @dataclass(frozen=True)
 class CompletionRequest:
     """One raw-prompt completion. ``session_id`` (the thread id) lets a router keep a conversation on the
-    replica whose prefix cache already holds it."""
+    replica whose prefix cache already holds it. ``constraint`` is a decoding constraint (an xgrammar
+    structural tag, ``toolbox.hermes.constraint``); an engine that cannot constrain ignores it."""
 
     prompt: str
     max_tokens: int = 1024
     stop: tuple[str, ...] = STOP
     sampling: Sampling = Sampling()
     session_id: str = ""
+    constraint: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,15 @@ class Limits:
 @dataclass(frozen=True)
 class RunSpec:
     """What a run is, fixed at submission. ``prefix`` is the exact rendered bytes of the run's system
-    turns (tools, JSON mode, the caller's system message): rendered once, replayed verbatim."""
+    turns (tools, JSON mode, the caller's system message): rendered once, replayed verbatim.
+
+    ``constrained``: every model turn is decoded under a grammar, so that tool calls (or the JSON-mode
+    answer) are valid by construction; engines that cannot constrain ignore it. ``tool_choice``: with
+    ``constrained``, what model turn N may do, as OpenAI's ``tool_choice`` but per turn: ``"required"``
+    (exactly one call), a tool's name (exactly one call to it), ``"none"`` (text only) or ``"auto"``;
+    turns past the end are ``"auto"``. A task known to need tools in order requires them, and a turn
+    that must answer forbids calls: with every turn ``"required"`` a run could never end.
+    """
 
     run_id: str
     tenant: str
@@ -113,6 +123,8 @@ class RunSpec:
     json_schema: dict[str, Any] | None = None
     limits: Limits = Limits()
     sampling: Sampling = Sampling()
+    constrained: bool = False
+    tool_choice: tuple[str, ...] = ()
 
 
 @dataclass

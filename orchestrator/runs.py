@@ -23,8 +23,14 @@ def new_run(
     limits: Limits | None = None,
     sampling: Sampling | None = None,
     run_id: str | None = None,
+    constrained: bool = False,
+    tool_choice: Sequence[str] = (),
 ) -> RunSpec:
     """A run's fixed spec. The tools, JSON-mode and caller's system turns are rendered here, once."""
+    known = {"auto", "required", "none", *(tool.name for tool in tools)}
+    unknown = [choice for choice in tool_choice if choice not in known]
+    if unknown:
+        raise ValueError(f"tool_choice {unknown} names no offered tool (or auto, required, none)")
     messages = [SystemMessage(system)] if system else []
     prefix = render_prompt(messages, list(tools), json_schema=json_schema, add_generation_prompt=False)
     return RunSpec(
@@ -36,6 +42,8 @@ def new_run(
         json_schema=json_schema,
         limits=limits or Limits(),
         sampling=sampling or Sampling(),
+        constrained=constrained,
+        tool_choice=tuple(tool_choice),
     )
 
 

@@ -5,7 +5,7 @@ chat template, which would re-render history and break the append-only prompt), 
 strings, and with ``skip_special_tokens`` off so that ``<tool_call>`` survives detokenization (HERMES.md
 section 1). The thread id goes in the ``x-session-id`` header, which session-affinity routers use to keep a
 conversation on the replica whose prefix cache holds it; the W3C ``traceparent`` header carries the
-run's trace.
+run's trace. A request's decoding constraint goes in vLLM's ``structured_outputs`` option.
 """
 
 from __future__ import annotations
@@ -67,6 +67,10 @@ class OpenAICompletionsEngine:
         }
         if request.sampling.seed is not None:
             body["seed"] = request.sampling.seed
+        if request.constraint is not None:
+            # vLLM's completions request (0.29: CompletionRequest.structured_outputs) takes one object; its
+            # ``structural_tag`` is the xgrammar document as a JSON string.
+            body["structured_outputs"] = {"structural_tag": json.dumps(request.constraint)}
         return body
 
     async def stream(self, request: CompletionRequest) -> AsyncGenerator[Chunk, None]:

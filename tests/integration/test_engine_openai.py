@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
+from deploy.cli import main
 from orchestrator.engines import OpenAICompletionsEngine
 from orchestrator.errors import EngineError
 from orchestrator.loop import Agent
@@ -19,6 +22,7 @@ from orchestrator.memory import FunctionExecutor, MemoryStore
 from orchestrator.ports import CompletionRequest, Limits
 from orchestrator.runs import first_checkpoint, new_run, user_turn
 from orchestrator.tracing import Tracing
+from toolbox.hermes.constraint import tool_calls
 from toolbox.protocol import ToolSpec
 
 pytestmark = pytest.mark.integration
@@ -150,3 +154,60 @@ def test_other_http_errors_are_engine_errors(server: Server) -> None:
 
     with pytest.raises(EngineError, match="HTTP 404"):
         asyncio.run(main())
+
+
+def test_a_constrained_run_sends_vllms_structural_tag_option(server: Server) -> None:
+    server.outputs = ['<tool_call>\n{"name": "echo", "arguments": {"text": "hi"}}\n</tool_call>', "Said hi."]
+    spec = new_run(tenant="t", thread_id="th", tools=[ECHO], constrained=True, tool_choice=("echo",))
+
+    async def main() -> Any:
+        engine = OpenAICompletionsEngine(url(server), "m")
+        try:
+            agent = Agent(engine, FunctionExecutor({"echo": lambda text: text}), MemoryStore())
+            return await agent.run(spec, first_checkpoint(spec, [user_turn("say hi")]))
+        finally:
+            await engine.aclose()
+
+    assert asyncio.run(main()).stop_reason == "answer"
+    (_, first), (_, second) = server.requests
+    # vLLM's CompletionRequest.structured_outputs (StructuredOutputsParams): structural_tag is a JSON string.
+    assert json.loads(first["structured_outputs"]["structural_tag"]) == tool_calls(
+        [ECHO], require=True, single=True
+    )
+    assert json.loads(second["structured_outputs"]["structural_tag"]) == tool_calls([ECHO])
+
+
+def test_an_unconstrained_request_has_no_structured_outputs(server: Server) -> None:
+    server.outputs = ["hello"]
+
+    async def main() -> None:
+        engine = OpenAICompletionsEngine(url(server), "m")
+        try:
+            async for _ in engine.stream(CompletionRequest("hi")):
+                pass
+        finally:
+            await engine.aclose()
+
+    asyncio.run(main())
+    assert "structured_outputs" not in server.requests[0][1]
+
+
+def test_the_demo_runs_against_an_endpoint(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CADUCEUS_SCRATCH_ROOT", str(tmp_path))
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    server.outputs = [
+        '<tool_call>\n{"name": "calculator", "arguments": {"expression": "17 * 23"}}\n</tool_call>',
+        '<tool_call>\n{"name": "files", "arguments": {"action": "write", "path": "result.txt", "content": "391"}}'
+        "\n</tool_call>",
+        "17 times 23 is 391; it is saved in result.txt.",
+    ]
+    assert main(["demo", "--endpoint", url(server), "--served-model", "hermes-3-8b"]) == 0
+    out = capsys.readouterr().out
+    assert 'ran calculator in its sandbox -> {"name": "calculator", "content": 391}' in out
+    assert "verdict: the model stored the calculator's result (391)" in out
+    assert "answer: '17 times 23 is 391; it is saved in result.txt.'" in out
+    assert [(tmp_path / name / "result.txt").read_text() for name in os.listdir(tmp_path)] == ["391"]
+    bodies = [body for _, body in server.requests]
+    assert all(body["model"] == "hermes-3-8b" and "structured_outputs" in body for body in bodies)

@@ -12,7 +12,7 @@ from deploy.cli import main
 
 
 def test_demo_streams_calls_validates_and_appends(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--chunk", "3"]) == 0
+    assert main(["demo", "--protocol", "--chunk", "3"]) == 0
     out = capsys.readouterr().out
     assert "CALL     call_0 get_current_temperature" in out
     assert "call_1: refused (invalid_arguments)" in out

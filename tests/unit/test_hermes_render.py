@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from deploy.commands.demo import get_current_temperature  # the model cards' example tool
+from deploy.commands.protocol_demo import get_current_temperature  # the model cards' example tool
 from toolbox.errors import RenderError
 from toolbox.hermes import (
     check_json_answer,

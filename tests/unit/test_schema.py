@@ -8,7 +8,7 @@ from typing import Any, Literal, Optional
 import pytest
 from pydantic import BaseModel
 
-from deploy.commands.demo import get_current_temperature  # the model cards' example tool
+from deploy.commands.protocol_demo import get_current_temperature  # the model cards' example tool
 from toolbox.errors import SchemaError
 from toolbox.protocol import ToolSpec
 from toolbox.schema import parse_docstring, tool_spec

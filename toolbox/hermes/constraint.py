@@ -8,8 +8,9 @@ document is what vLLM's structured outputs take (``structured_outputs={"structur
 
 Inside constrained arguments, strings may not contain the format's own tags and turn markers (a small
 model otherwise writes ``</tool_call>`` into an unclosed string), and whitespace runs are at most one
-character. Only the name-first call style can be constrained: the tool is chosen by the text that
-opens the block, and in the arguments-first style every block opens the same way.
+character. ``text_only()`` is a turn that may not call at all. Only the name-first call style can be
+constrained: the tool is chosen by the text that opens the block, and in the arguments-first style
+every block opens the same way.
 """
 
 from __future__ import annotations
@@ -23,10 +24,14 @@ from toolbox.protocol import ToolSpec
 
 #: Never inside a constrained argument string: the tags and turn markers of the format itself.
 _EXCLUDED = (CALL_OPEN, CALL_CLOSE, RESPONSE_OPEN, IM_END, IM_START)
+#: Never in a turn's free text: a fake tool response (a small model echoes the last one, even as
+#: ``<tool_response >``, hence the open prefix).
+_NO_RESPONSE = ("<tool_response", "</tool_response")
 
 
-def tool_calls(tools: Sequence[ToolSpec], *, require: bool = False) -> dict[str, Any]:
-    """Free text or calls to ``tools`` (``require``: at least one call must be written)."""
+def tool_calls(tools: Sequence[ToolSpec], *, require: bool = False, single: bool = False) -> dict[str, Any]:
+    """Free text or calls to ``tools`` (``require``: at least one call must be written; ``single``: the
+    turn ends with its first call). The free text may not fake a tool response (HERMES.md section 7)."""
     if not tools:
         raise ValueError("a tool-call constraint needs at least one tool")
     tags = [
@@ -46,8 +51,21 @@ def tool_calls(tools: Sequence[ToolSpec], *, require: bool = False) -> dict[str,
     ]
     return {
         "type": "structural_tag",
-        "format": {"type": "triggered_tags", "triggers": [CALL_OPEN], "tags": tags, "at_least_one": require},
+        "format": {
+            "type": "triggered_tags",
+            "triggers": [CALL_OPEN],
+            "tags": tags,
+            "at_least_one": require,
+            "stop_after_first": single,
+            "excludes": list(_NO_RESPONSE),
+        },
     }
+
+
+def text_only() -> dict[str, Any]:
+    """Free text with no Hermes tag in it: a turn that must answer. Any ``<tool`` is refused, not only
+    the real tags: a small model otherwise invents ``<tool_call_response>`` to echo the last result."""
+    return {"type": "structural_tag", "format": {"type": "any_text", "excludes": ["<tool", "</tool"]}}
 
 
 def json_answer(schema: Mapping[str, Any]) -> dict[str, Any]:

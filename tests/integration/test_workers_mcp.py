@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from workers.sandbox import PooledSandbox
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 SERVER = Path(__file__).with_name("mcp_server_workers.py")
+SANDBOX_ROOT = {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "root", "sbin", "tmp", "usr"}
 
 
 def test_mcp_tools_are_listed_and_called_through_the_executor(tmp_path: Path) -> None:
@@ -48,5 +52,13 @@ def test_mcp_tools_are_listed_and_called_through_the_executor(tmp_path: Path) ->
     assert invalid.error is not None and invalid.error.type == "invalid_arguments"
     assert failed.error is not None and failed.error.type == "tool_error"
     seen = str(environment.content)
-    assert "root=['bin', 'dev', 'etc', 'lib'" in seen, "the MCP server should see only its sandbox"
+    match = re.search(r"root=(\[[^\]]*\])", seen)
+    assert match is not None, seen
+    root = set(ast.literal_eval(match.group(1)))
+    # Only the system directories and the top of the one bound path (wherever the checkout lives).
+    bound_top = SERVER.parent.parts[1]
+    assert root - {bound_top} <= SANDBOX_ROOT, f"the MCP server should see only its sandbox: {root}"
+    assert {"usr", "proc", "tmp", bound_top} <= root
+    hidden = {"home", "var", "opt", "srv", "mnt"} & set(os.listdir("/"))
+    assert not (hidden - {bound_top}) & root
     assert "HOME" in seen and "CADUCEUS" not in seen

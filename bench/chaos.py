@@ -73,7 +73,7 @@ class EffectTool:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
 
-    async def execute(self, call: ToolCall) -> ToolResult:
+    async def execute(self, call: ToolCall, conversation: str = "default") -> ToolResult:
         await asyncio.sleep(random.uniform(0, 0.1))
         count = await self._redis.incr(f"chaos:effect:{call.arguments['run']}:{call.arguments['n']}")
         return ToolResult(call.id, call.name, content={"done": call.arguments["n"], "count": count})

@@ -152,7 +152,8 @@ class LiveExecutor:
     def __init__(self, executor: Executor, conversation: str, transcript: Transcript) -> None:
         self._executor, self._conversation, self._transcript = executor, conversation, transcript
 
-    async def execute(self, call: ToolCall) -> ToolResult:
+    async def execute(self, call: ToolCall, conversation: str = "default") -> ToolResult:
+        # The demo keeps its files where it prints them: its own conversation, not the run's hashed one.
         result = await self._executor.execute(call, self._conversation)
         self._transcript.call(call, result)
         return result

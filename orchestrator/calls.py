@@ -14,7 +14,15 @@ import json
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 
-from orchestrator.ports import Checkpoint, Interrupted, RunSpec, RunStore, StopReason, ToolExecutor
+from orchestrator.ports import (
+    Checkpoint,
+    Interrupted,
+    RunSpec,
+    RunStore,
+    StopReason,
+    ToolExecutor,
+    conversation_of,
+)
 from orchestrator.tracing import Tracing, record_error, record_tool_refused
 from toolbox.hermes import StreamEvent, ToolCallFailed, ToolCallReady, validate
 from toolbox.protocol import ToolCall, ToolError, ToolResult
@@ -48,7 +56,7 @@ class Runner:
             if isinstance(prior, Interrupted):
                 result = ToolResult(call.id, call.name, error=ToolError("crashed", INTERRUPTED))
             else:
-                result = await self.executor.execute(call)
+                result = await self.executor.execute(call, conversation_of(self.spec))
             await self.store.end_call(self.spec, step, index, result)
             if result.error is not None:
                 record_error(span, result.error.type)

@@ -204,9 +204,10 @@ class Agent:
             sampling=spec.sampling,
             session_id=spec.thread_id,
             constraint=constraint_for(spec, ckpt.step),
+            model=spec.model,
         )
         try:
-            with self._tracing.chat(self._engine.model, spec.thread_id, max_tokens) as span:
+            with self._tracing.chat(spec.model or self._engine.model, spec.thread_id, max_tokens) as span:
                 last = await self._stream(request, parser, dispatch)
                 parsed = parser.finish()
                 for event in parser.drain():

@@ -64,7 +64,7 @@ class FunctionExecutor:
         self._tools = dict(tools)
         self.calls: list[ToolCall] = []
 
-    async def execute(self, call: ToolCall) -> ToolResult:
+    async def execute(self, call: ToolCall, conversation: str = "default") -> ToolResult:
         self.calls.append(call)
         function = self._tools.get(call.name)
         if function is None:

@@ -10,6 +10,7 @@ its checkpoint (the mutable state that is persisted after every step and that a 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeAlias
@@ -41,7 +42,8 @@ class Sampling:
 class CompletionRequest:
     """One raw-prompt completion. ``session_id`` (the thread id) lets a router keep a conversation on the
     replica whose prefix cache already holds it. ``constraint`` is a decoding constraint (an xgrammar
-    structural tag, ``toolbox.hermes.constraint``); an engine that cannot constrain ignores it."""
+    structural tag, ``toolbox.hermes.constraint``); an engine that cannot constrain ignores it. ``model``
+    names the model the run asked for (empty: the engine's own); a router of engines dispatches on it."""
 
     prompt: str
     max_tokens: int = 1024
@@ -49,6 +51,7 @@ class CompletionRequest:
     sampling: Sampling = Sampling()
     session_id: str = ""
     constraint: dict[str, Any] | None = None
+    model: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,9 +75,18 @@ class ChatEngine(Protocol):
 
 
 class ToolExecutor(Protocol):
-    """Runs one call. Failures the model can fix come back as ``ToolResult.error``; ours raise."""
+    """Runs one call. Failures the model can fix come back as ``ToolResult.error``; ours raise.
+    ``conversation`` names the run's conversation (``conversation_of``): tools that keep files keep them
+    per conversation."""
 
-    async def execute(self, call: ToolCall) -> ToolResult: ...
+    async def execute(self, call: ToolCall, conversation: str = "default") -> ToolResult: ...
+
+
+def conversation_of(spec: RunSpec) -> str:
+    """The conversation a run's tool calls belong to: its tenant's thread, as one opaque directory-safe
+    name (so no two tenants' threads can ever share one, whatever their ids)."""
+    digest = hashlib.sha256(f"{spec.tenant}\0{spec.thread_id}".encode()).hexdigest()
+    return f"c{digest[:40]}"
 
 
 @dataclass(frozen=True)
@@ -112,7 +124,8 @@ class RunSpec:
     ``constrained``, what model turn N may do, as OpenAI's ``tool_choice`` but per turn: ``"required"``
     (exactly one call), a tool's name (exactly one call to it), ``"none"`` (text only) or ``"auto"``;
     turns past the end are ``"auto"``. A task known to need tools in order requires them, and a turn
-    that must answer forbids calls: with every turn ``"required"`` a run could never end.
+    that must answer forbids calls: with every turn ``"required"`` a run could never end. ``model``: the
+    model every turn of the run goes to (empty: the engine's default).
     """
 
     run_id: str
@@ -125,6 +138,7 @@ class RunSpec:
     sampling: Sampling = Sampling()
     constrained: bool = False
     tool_choice: tuple[str, ...] = ()
+    model: str = ""
 
 
 @dataclass

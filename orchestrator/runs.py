@@ -25,6 +25,7 @@ def new_run(
     run_id: str | None = None,
     constrained: bool = False,
     tool_choice: Sequence[str] = (),
+    model: str = "",
 ) -> RunSpec:
     """A run's fixed spec. The tools, JSON-mode and caller's system turns are rendered here, once."""
     known = {"auto", "required", "none", *(tool.name for tool in tools)}
@@ -44,6 +45,7 @@ def new_run(
         sampling=sampling or Sampling(),
         constrained=constrained,
         tool_choice=tuple(tool_choice),
+        model=model,
     )
 
 

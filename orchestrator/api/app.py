@@ -65,12 +65,20 @@ def create_app(
     burst: int = 40,
     max_body_bytes: int = 1 << 20,
     chat_wait_s: float = 300.0,
+    constrained_models: Iterable[str] = (),
 ) -> FastAPI:
     """The API. ``keys`` maps API keys to tenants; ``tools`` are what runs may name; ``models`` the
-    model names accepted (the first is the default); ``limits`` the defaults a request may override."""
+    model names accepted (the first is the default); ``limits`` the defaults a request may override;
+    ``constrained_models`` those whose runs decode under a grammar unless a request says otherwise."""
     if not models:
         raise ValueError("create_app needs at least one model name")
-    api = Api(store, {spec.name: spec for spec in tools}, tuple(models), limits or Limits())
+    api = Api(
+        store,
+        {spec.name: spec for spec in tools},
+        tuple(models),
+        limits or Limits(),
+        frozenset(constrained_models),
+    )
     app = FastAPI(title="Caduceus", version="0.1.0", responses=_ERRORS)
     app.state.keys, app.state.limiter = dict(keys), RateLimiter(rate_per_s, burst)
     errors.install(app)

@@ -33,6 +33,16 @@ class RunRequest(_Strict):
     system: str | None = Field(None, max_length=100_000)
     json_schema: dict[str, Any] | None = None
     limits: RunLimits = RunLimits()
+    constrained: bool | None = Field(
+        None,
+        description="Decode every turn under a grammar so tool calls (and a JSON-mode answer) are valid by "
+        "construction; omitted: the service's default for its engine",
+    )
+    tool_choice: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="With constrained decoding, what turn N may do: auto, required, none or a tool name",
+    )
 
 
 class Usage(BaseModel):

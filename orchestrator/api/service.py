@@ -35,6 +35,7 @@ class Api:
     tools: Mapping[str, ToolSpec]
     models: Sequence[str]
     limits: Limits
+    constrained: frozenset[str] = frozenset()  # the models whose runs are constrained unless asked not to
 
 
 @dataclass(frozen=True)
@@ -105,19 +106,13 @@ async def submit(api: Api, tenant: str, request: RunRequest, idempotency_key: st
     if request.thread_id and not await api.store.thread(tenant, request.thread_id):
         raise not_found("thread", request.thread_id)
     run_id = f"run_{uuid.uuid4().hex}"
+    spec = _spec(
+        api, tenant, request, talk, run_id, model=model, tools=tools
+    )  # refuses a bad body before the key binds
     if idempotency_key is not None:
         earlier = await _idempotent(api, tenant, request, idempotency_key, run_id)
         if earlier is not None:
             return earlier
-    spec = new_run(
-        tenant=tenant,
-        thread_id=request.thread_id or f"thread_{uuid.uuid4().hex}",
-        tools=tools,
-        system=talk.system,
-        json_schema=request.json_schema,
-        limits=_limits(api, request),
-        run_id=run_id,
-    )
     try:
         await _enqueue(api, spec, talk, model)
     except BaseException:
@@ -126,6 +121,34 @@ async def submit(api: Api, tenant: str, request: RunRequest, idempotency_key: st
             await api.store.forget_request(tenant, idempotency_key, run_id)
         raise
     return await view(api, tenant, run_id)
+
+
+def _spec(
+    api: Api,
+    tenant: str,
+    request: RunRequest,
+    talk: _Conversation,
+    run_id: str,
+    *,
+    model: str,
+    tools: Sequence[ToolSpec],
+) -> RunSpec:
+    constrained = model in api.constrained if request.constrained is None else request.constrained
+    try:
+        return new_run(
+            tenant=tenant,
+            thread_id=request.thread_id or f"thread_{uuid.uuid4().hex}",
+            tools=tools,
+            system=talk.system,
+            json_schema=request.json_schema,
+            limits=_limits(api, request),
+            run_id=run_id,
+            constrained=constrained,
+            tool_choice=request.tool_choice,
+            model=model,
+        )
+    except ValueError as exc:  # a tool_choice naming no offered tool
+        raise ApiError(422, "validation_error", f"tool_choice: {exc}") from None
 
 
 async def _enqueue(api: Api, spec: RunSpec, talk: _Conversation, model: str) -> None:

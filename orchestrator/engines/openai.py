@@ -11,7 +11,7 @@ run's trace. A request's decoding constraint goes in vLLM's ``structured_outputs
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -67,10 +67,7 @@ class OpenAICompletionsEngine:
         }
         if request.sampling.seed is not None:
             body["seed"] = request.sampling.seed
-        if request.constraint is not None:
-            # vLLM's completions request (0.29: CompletionRequest.structured_outputs) takes one object; its
-            # ``structural_tag`` is the xgrammar document as a JSON string.
-            body["structured_outputs"] = {"structural_tag": json.dumps(request.constraint)}
+        body.update(structured_outputs(request))
         return body
 
     async def stream(self, request: CompletionRequest) -> AsyncGenerator[Chunk, None]:
@@ -83,39 +80,83 @@ class OpenAICompletionsEngine:
                 "POST", "/v1/completions", json=self._body(request), headers=headers
             ) as response:
                 if response.status_code >= 400:
-                    _raise_for(response.status_code, (await response.aread()).decode("utf-8", "replace"))
+                    raise_for(response.status_code, (await response.aread()).decode("utf-8", "replace"))
                 async for chunk in _chunks(response):
                     yield chunk
         except httpx.HTTPError as exc:
             raise EngineError(f"{self._model}: {type(exc).__name__}: {exc}") from exc
 
 
+def structured_outputs(request: CompletionRequest) -> dict[str, Any]:
+    """The request's decoding constraint as vLLM's completions option (0.29:
+    ``CompletionRequest.structured_outputs``, one object whose ``structural_tag`` is the xgrammar document
+    as a JSON string); nothing when the request has none."""
+    if request.constraint is None:
+        return {}
+    return {"structured_outputs": {"structural_tag": json.dumps(request.constraint)}}
+
+
 async def _chunks(response: httpx.Response) -> AsyncGenerator[Chunk, None]:
     """Server-sent events to chunks; the last chunk carries the finish reason and usage."""
-    finish: str | None = None
-    usage: dict[str, Any] = {}
+    events = CompletionEvents()
     async for line in response.aiter_lines():
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
-        if data == "[DONE]":
+        event = events.data(line)
+        if event is DONE:
             break
-        event = json.loads(data)
+        if event is not None:
+            for chunk in events.feed(event):
+                yield chunk
+    yield events.last()
+
+
+#: ``CompletionEvents.data``'s answer to the stream's ``data: [DONE]`` line.
+DONE: dict[str, Any] = {}
+
+
+class CompletionEvents:
+    """Folds an OpenAI completions stream (its ``data:`` lines, or their decoded events) into chunks: the
+    text as it comes, then one last chunk with the finish reason and the usage. Shared by every engine
+    that reads this format (over HTTP here; from a Ray Serve LLM handle in ``deploy``)."""
+
+    def __init__(self) -> None:
+        self._finish: str | None = None
+        self._usage: dict[str, Any] = {}
+
+    @staticmethod
+    def data(line: str) -> dict[str, Any] | None:
+        """The event a ``data:`` line carries, ``DONE`` at the end, ``None`` for other lines."""
+        if not line.startswith("data:"):
+            return None
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            return DONE
+        try:
+            event = json.loads(payload)
+        except json.JSONDecodeError:
+            raise EngineError(f"the engine streamed a malformed event: {payload[:200]!r}") from None
+        if not isinstance(event, dict):
+            raise EngineError(f"the engine streamed a malformed event: {payload[:200]!r}")
+        return event
+
+    def feed(self, event: Mapping[str, Any]) -> Iterator[Chunk]:
         if "error" in event:
-            _raise_for(500, json.dumps(event["error"]))
+            raise_for(500, json.dumps(event["error"]))
         for choice in event.get("choices") or []:
             if choice.get("text"):
                 yield Chunk(text=choice["text"])
-            finish = choice.get("finish_reason") or finish
-        usage = event.get("usage") or usage
-    yield Chunk(
-        finish_reason=finish or "stop",
-        prompt_tokens=usage.get("prompt_tokens"),
-        completion_tokens=usage.get("completion_tokens"),
-    )
+            self._finish = choice.get("finish_reason") or self._finish
+        self._usage = event.get("usage") or self._usage
+
+    def last(self) -> Chunk:
+        return Chunk(
+            finish_reason=self._finish or "stop",
+            prompt_tokens=self._usage.get("prompt_tokens"),
+            completion_tokens=self._usage.get("completion_tokens"),
+        )
 
 
-def _raise_for(status: int, text: str) -> None:
+def raise_for(status: int, text: str) -> None:
+    """The engine refused a request: ``ContextOverflowError`` for a prompt too long, else ``EngineError``."""
     if status == 400 and any(hint in text.lower() for hint in _OVERFLOW_HINTS):
         raise ContextOverflowError(f"the engine refused the prompt as too long: {text[:500]}")
     raise EngineError(f"the engine answered HTTP {status}: {text[:500]}")

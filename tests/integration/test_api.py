@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from tests.integration.conftest_api import A, B, api_client, free_port, wait_for
 
@@ -202,3 +205,36 @@ def test_an_idempotency_key_whose_request_failed_stays_free(idle: httpx.Client) 
     assert idle.post("/v1/runs", json=body, headers=headers).status_code == 409  # the thread is busy
     idle.post(f"/v1/runs/{first['id']}/cancel", headers=A)
     assert idle.post("/v1/runs", json=body, headers=headers).status_code == 202
+
+
+def test_model_constrained_and_tool_choice_reach_the_run_spec(redis_url: str) -> None:
+    with api_client(redis_url, worker=False, models=("big", "small"), constrained_models=("small",)) as http:
+        plain = http.post("/v1/runs", json={"input": "hi"}, headers=A).json()
+        small = http.post(
+            "/v1/runs",
+            json={"input": "hi", "model": "small", "tools": ["echo"], "tool_choice": ["echo"]},
+            headers=A,
+        ).json()
+        opted_out = http.post(
+            "/v1/runs", json={"input": "hi", "model": "small", "constrained": False}, headers=A
+        ).json()
+        bad = http.post(
+            "/v1/runs", json={"input": "hi", "tools": ["echo"], "tool_choice": ["pause"]}, headers=A
+        )
+        unknown = http.post("/v1/runs", json={"input": "hi", "model": "huge"}, headers=A)
+    assert (plain["model"], small["model"]) == ("big", "small")
+    specs = {run["id"]: _spec(redis_url, run["id"]) for run in (plain, small, opted_out)}
+    assert (specs[plain["id"]]["model"], specs[plain["id"]]["constrained"]) == ("big", False)
+    assert specs[small["id"]]["constrained"] is True and specs[small["id"]]["tool_choice"] == ["echo"]
+    assert specs[opted_out["id"]]["constrained"] is False
+    assert bad.status_code == 422 and "tool_choice" in bad.json()["error"]["message"]
+    assert unknown.status_code == 422 and "huge" in unknown.json()["error"]["message"]
+
+
+def _spec(redis_url: str, run_id: str) -> dict[str, Any]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        spec: dict[str, Any] = json.loads(client.hget(f"cad:t:acme:run:{run_id}", "spec"))
+        return spec
+    finally:
+        client.close()

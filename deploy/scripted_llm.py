@@ -2,9 +2,12 @@
 groups, the session router) with exact Hermes output instead of a GPU model behind it.
 
 ``build_llm_deployment(llm_config(preset), bind_kwargs={"engine_cls": ScriptedLLMEngine})`` reserves the
-preset's real placement (on fake GPUs in tests) and answers ``/v1/completions``-style requests the way a
-Hermes model does: a ``<tool_call>`` first, an answer once the prompt holds a tool response. Every answer
-names the replica that produced it, so tests can see which replica served each step of a conversation.
+preset's real placement (on fake GPUs in tests) and answers completions requests the way a Hermes model
+does on the demo task: it calls ``calculator`` (when offered), then writes the result with ``files`` (when
+offered), then answers. Every turn begins with ``(replica ID)``, so tests can see which replica served
+each step of a conversation. Output streams token by token under a latency model read from the config's
+``experimental_configs["caduceus_scripted"]`` (``first_token_s``, ``per_token_s``; a 70B on 8 GPUs is
+about 0.1 and 0.013), through the orchestrator's own ``ScriptedEngine``.
 
 It implements Ray's engine protocol, which Ray exports only from an internal module (pinned Ray 2.60).
 """
@@ -12,6 +15,7 @@ It implements Ray's engine protocol, which Ray exports only from an internal mod
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -19,15 +23,44 @@ from typing import Any
 
 from ray.llm._internal.serve.core.engine.protocol import LLMEngine
 
-TOOL_CALL = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "17 * 23"}}\n</tool_call>'
+from orchestrator.engines.scripted import Latency, ScriptedEngine
+from orchestrator.ports import Chunk, CompletionRequest, Sampling
+from toolbox.hermes import STOP
+
+EXPRESSION = "17 * 23"
+LATENCY_KEY = "caduceus_scripted"
+_RESPONSE = re.compile(r"<tool_response>\s*(.*?)\s*</tool_response>", re.DOTALL)
+
+
+def _call(name: str, arguments: dict[str, Any]) -> str:
+    return f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments})}\n</tool_call>"
+
+
+def _offered(prompt: str, name: str) -> bool:
+    tools = prompt[: prompt.find("</tools>")] if "</tools>" in prompt else ""
+    return f'"name": "{name}"' in tools
+
+
+def _number(payload: str) -> str:
+    """The first number in a tool response's content (the calculator's result)."""
+    found = re.search(r'"content":\s*(?:\{[^{}]*?:\s*)?"?(-?[0-9][0-9.]*)', payload)
+    return found.group(1) if found else "unknown"
 
 
 def scripted_reply(prompt: str, replica: str) -> str:
-    """What the scripted model says next: call a tool, or answer once the last turn is a tool response."""
-    last_turn = prompt.rsplit("<|im_start|>", 2)[-2] if prompt.count("<|im_start|>") >= 2 else ""
-    if last_turn.startswith("tool\n"):
-        return f"The result is in. (replica {replica})"
-    return TOOL_CALL
+    """The next turn of the demo task: compute, then store, then answer, each when the tool is offered."""
+    current = prompt[prompt.rfind("<|im_start|>user\n") :]
+    responses = _RESPONSE.findall(current)
+    tag = f"(replica {replica}) "
+    if not responses and _offered(prompt, "calculator"):
+        return tag + _call("calculator", {"expression": EXPRESSION})
+    result = _number(responses[0]) if responses else ""
+    if len(responses) == 1 and _offered(prompt, "files"):
+        return tag + _call("files", {"action": "write", "path": "result.txt", "content": result})
+    if not responses:
+        return tag + "Hello from the scripted Hermes engine."
+    stored = " and wrote it to result.txt" if len(responses) > 1 else ""
+    return tag + f"{EXPRESSION} = {result}; I computed it with the calculator{stored}."
 
 
 class ScriptedLLMEngine(LLMEngine):  # type: ignore[misc]
@@ -35,6 +68,8 @@ class ScriptedLLMEngine(LLMEngine):  # type: ignore[misc]
 
     def __init__(self, llm_config: Any) -> None:
         self._model = str(llm_config.model_id)
+        latency = dict(llm_config.experimental_configs.get(LATENCY_KEY) or {})
+        self._latency = Latency(float(latency.get("first_token_s", 0)), float(latency.get("per_token_s", 0)))
         self.replica = uuid.uuid4().hex[:8]
 
     async def start(self) -> None:
@@ -66,30 +101,40 @@ class ScriptedLLMEngine(LLMEngine):  # type: ignore[misc]
 
     async def completions(self, request: Any, raw_request_info: Any = None) -> AsyncGenerator[Any, None]:
         prompt = request.prompt if isinstance(request.prompt, str) else "".join(map(str, request.prompt))
-        text = scripted_reply(prompt, self.replica)
+        stop = request.stop if isinstance(request.stop, list) else [request.stop] if request.stop else []
+        ours = CompletionRequest(
+            prompt, request.max_tokens or 1024, tuple(stop) or STOP, Sampling(request.temperature or 0.0)
+        )
+        engine = ScriptedEngine(lambda text: scripted_reply(text, self.replica), latency=self._latency)
         created, ident = int(time.time()), f"cmpl-{uuid.uuid4().hex}"
-        if not getattr(request, "stream", False):
+        chunks = [chunk async for chunk in engine.stream(ours)] if not request.stream else None
+        if chunks is not None:
             from ray.serve.llm.openai_api_models import CompletionResponse  # noqa: PLC0415
 
-            yield CompletionResponse(**_body(ident, created, self._model, text, "stop", final=True))
+            text, last = "".join(c.text for c in chunks), chunks[-1]
+            yield CompletionResponse(**_body(ident, created, self._model, text, last, final=True))
             return
-        for start in range(0, len(text), 8):
-            piece = _body(ident, created, self._model, text[start : start + 8], None, final=False)
-            yield f"data: {json.dumps(piece)}\n\n"
-        yield f"data: {json.dumps(_body(ident, created, self._model, '', 'stop', final=True))}\n\n"
+        async for chunk in engine.stream(ours):
+            body = _body(
+                ident, created, self._model, chunk.text, chunk, final=chunk.finish_reason is not None
+            )
+            yield f"data: {json.dumps(body)}\n\n"
         yield "data: [DONE]\n\n"
 
 
-def _body(
-    ident: str, created: int, model: str, text: str, finish: str | None, *, final: bool
-) -> dict[str, Any]:
+def _body(ident: str, created: int, model: str, text: str, chunk: Chunk, *, final: bool) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": ident,
         "object": "text_completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": chunk.finish_reason}],
     }
     if final:
-        body["usage"] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        prompt, completion = chunk.prompt_tokens or 0, chunk.completion_tokens or 0
+        body["usage"] = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
     return body

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from deploy.local_redis import embedded_redis
+from tests.integration.ray_cluster import RayTestCluster, local_cluster
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +24,10 @@ def redis_url(redis_server: str) -> Iterator[str]:
     client.flushall()
     client.close()
     yield redis_server
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(redis_server: str) -> Iterator[RayTestCluster]:
+    """The session's one local Ray cluster (``tests.integration.ray_cluster``), started when first asked."""
+    with local_cluster(redis_server) as cluster:
+        yield cluster

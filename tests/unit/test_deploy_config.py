@@ -65,7 +65,9 @@ def test_json_is_accepted() -> None:
         ("redis: {url: redis://x}", "redis.url: Extra inputs are not permitted"),
         ("colour: blue", "colour: Extra inputs are not permitted"),
         ("models: [{preset: hermes-3-3b}, {preset: hermes-3-3b}]", "repeated: hermes-3-3b"),
-        ("models: [{replicas: {min: 1}}]", "models.0.preset: Field required"),
+        ("models: [{replicas: {min: 1}}]", "models.0: Value error, preset is required for the vllm engine"),
+        ("models: [{engine: gpu}]", "models.0.engine: Input should be 'vllm', 'scripted' or 'local'"),
+        ("models: [{engine: local}, {engine: local}]", "repeated: smollm2-135m"),
         ("- a list", "must be a mapping"),
         ("models: [unclosed", "not valid YAML or JSON"),
     ],
@@ -83,3 +85,18 @@ def test_config_file(tmp_path: Path) -> None:
     assert isinstance(load_config_file(path), ServiceConfig)
     with pytest.raises(ConfigError, match="cannot read"):
         load_config_file(tmp_path / "missing.yaml")
+
+
+def test_engines_names_and_constrained_defaults() -> None:
+    config = load_config(
+        """
+models:
+  - {engine: local}
+  - {engine: local, name: hermes-local, model_source: /models/hermes-3-3b, constrained: false}
+  - {preset: hermes-2-theta-70b, engine: scripted, scripted_latency: {first_token_s: 0.1, per_token_s: 0.013}}
+  - {preset: hermes-3-3b}
+"""
+    )
+    assert config.model_names == ["smollm2-135m", "hermes-local", "hermes-2-theta-70b", "hermes-3-3b"]
+    assert [m.constrained_by_default for m in config.models] == [True, False, False, False]
+    assert config.models[2].scripted_latency.per_token_s == 0.013

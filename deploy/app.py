@@ -1,0 +1,227 @@
+"""The Ray Serve application: ``build_app(args)``, importable as ``deploy.app:build_app`` for a RayService.
+
+One application, four kinds of deployment, each delegating to the core packages::
+
+    Api (ingress, FastAPI)   orchestrator.api.create_app over the Redis store: enqueues runs, reads state
+    Orchestrator             orchestrator.worker.Worker: takes runs from the Redis queue and drives the
+                             agent loop; the model through ServeLLMEngine (handles, session-affine), the
+                             tools through the ToolWorkers deployment
+    ToolWorkers              workers.executor.Executor: runs each call in its sandbox
+    LLMServer, one per model ray.serve.llm (vLLM; or the scripted or local engine class), one placement group
+                             per replica, the consistent-hash router keyed on the conversation
+
+``args`` is the document ``deploy.config`` validates; an invalid one fails the build with every bad field
+named. Secrets never travel in it: it names the environment variables that hold the Redis URL, its
+password and the API keys, which the replicas read where they run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+from ray.serve.llm import build_llm_deployment
+from redis.asyncio import Redis
+
+from deploy.config import ConfigError, ModelConfig, ServiceConfig, load_config
+from deploy.presets import PRESETS, deployment_config, llm_config
+from deploy.serve_engine import ServeLLMEngine
+from orchestrator import tracing
+from orchestrator.api import create_app
+from orchestrator.api.auth import parse_api_keys
+from orchestrator.engines import ModelRouter
+from orchestrator.loop import Agent
+from orchestrator.ports import Limits
+from orchestrator.redis_store import RedisStore, RunQueue
+from orchestrator.worker import Worker
+from toolbox.protocol import ToolCall, ToolResult, ToolSpec
+from workers.executor import Executor
+from workers.registry import builtin_registry
+
+log = logging.getLogger(__name__)
+#: The LLM deployments' names start with this, then the served model name.
+LLM_PREFIX = "LLM:"
+
+
+def _env(name: str | None, what: str) -> str | None:
+    if name is None:
+        return None
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(f"{what}: the environment variable {name} is not set where this replica runs")
+    return value
+
+
+def _redis(config: ServiceConfig) -> Redis:
+    url = _env(config.redis.url_env, "redis.url_env")
+    password = _env(config.redis.password_env, "redis.password_env")
+    return Redis.from_url(str(url), password=password)
+
+
+def _pinned(resource: str, replicas: int | None = None, **options: Any) -> dict[str, Any]:
+    """Deployment options that put every replica on a node advertising ``resource`` (the chart's groups)."""
+    if replicas is not None:
+        options["num_replicas"] = replicas
+    return {"ray_actor_options": {"num_cpus": 0.5, "resources": {resource: 1}}, **options}
+
+
+class _ToolWorkers:
+    """Runs tool calls in sandboxes: the built-in tools, each call in its conversation's scratch directory."""
+
+    async def __init__(self) -> None:  # type: ignore[misc]  # Serve awaits async constructors
+        self._executor = Executor(builtin_registry())
+
+    async def specs(self) -> list[ToolSpec]:
+        return self._executor.specs()
+
+    async def execute(self, call: ToolCall, conversation: str) -> ToolResult:
+        return await self._executor.execute(call, conversation)
+
+    async def __del__(self) -> None:
+        await self._executor.close()
+
+
+class RemoteTools:
+    """The orchestrator's ``ToolExecutor`` port on the ToolWorkers deployment."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self._handle = handle
+
+    async def execute(self, call: ToolCall, conversation: str = "default") -> ToolResult:
+        result: ToolResult = await self._handle.execute.remote(call, conversation)
+        return result
+
+
+class _Orchestrator:
+    """Drives runs from the Redis queue until the replica stops; a dead replica's runs are taken over by
+    the others once their leases lapse (``orchestrator.worker``)."""
+
+    async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
+        self, args: Mapping[str, Any], llms: Mapping[str, DeploymentHandle], tools: DeploymentHandle
+    ) -> None:
+        config = load_config(dict(args), source="serve args")
+        if config.otlp_endpoint:
+            tracing.configure(otlp_endpoint=config.otlp_endpoint)
+        context = serve.get_replica_context()
+        self._store = RedisStore(_redis(config), worker=f"orchestrator-{context.replica_tag}")
+        engine = ModelRouter({name: ServeLLMEngine(handle, name) for name, handle in llms.items()})
+        agent = Agent(engine, RemoteTools(tools), self._store)
+        self.worker = Worker(
+            self._store, RunQueue(self._store), agent, concurrency=config.orchestrator.max_concurrent_runs
+        )
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self.worker.serve(self._stop))
+
+    async def check_health(self) -> None:
+        if self._task.done():
+            raise RuntimeError(f"the orchestrator worker stopped: {self._task.exception()!r}")
+
+    async def finished(self) -> int:
+        """Runs this replica has finished (for tests and the demo's summary)."""
+        return self.worker.finished
+
+    async def __del__(self) -> None:
+        self._stop.set()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self._store.redis.aclose()
+
+
+class _Api:
+    """The REST API (``orchestrator.api``); it only enqueues runs and reads their state from Redis."""
+
+    async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
+        self, args: Mapping[str, Any], orchestrator: DeploymentHandle, tools: DeploymentHandle
+    ) -> None:
+        self._config = load_config(dict(args), source="serve args")
+        self._orchestrator, self._tools = orchestrator, tools
+
+    async def __serve_build_asgi_app__(self) -> FastAPI:
+        config = self._config
+        specs: list[ToolSpec] = await self._tools.specs.remote()
+        window = min(_context_window(model) for model in config.models)
+        return create_app(
+            RedisStore(_redis(config)),
+            keys=parse_api_keys(_env(config.api_keys_env, "api_keys_env") or ""),
+            tools=specs,
+            models=config.model_names,
+            limits=dataclasses.replace(Limits(), context_window=window),
+            constrained_models=[m.served_name for m in config.models if m.constrained_by_default],
+        )
+
+
+# Serve's decorators, applied as calls: the classes above stay plain (and typed) for mypy.
+ToolWorkers: Any = serve.deployment(name="ToolWorkers")(_ToolWorkers)
+Orchestrator: Any = serve.deployment(name="Orchestrator")(_Orchestrator)
+Api: Any = serve.deployment(name="Api")(serve.ingress()(_Api))
+
+
+def _context_window(model: ModelConfig) -> int:
+    return PRESETS[model.preset].max_model_len if model.preset else 8192
+
+
+def llm_deployment(model: ModelConfig) -> Application:
+    """The model's ``LLMServer`` deployment: its preset's layout and serving knobs, the configured replica
+    bounds, every placement bundle pinned to the model's Ray resource, and the configured engine."""
+    if model.preset is None:
+        raise ConfigError(f"model {model.served_name}: the {model.engine} engine is not available here")
+    p = PRESETS[model.preset]
+    serving = deployment_config(p)
+    serving["autoscaling_config"] |= {"min_replicas": model.replicas.min, "max_replicas": model.replicas.max}
+    serving["max_ongoing_requests"] = model.max_ongoing_requests
+    overrides: dict[str, Any] = {
+        "model_loading_config": {
+            "model_id": model.served_name,
+            "model_source": model.model_source or p.model_source,
+        },
+        "placement_group_config": {
+            "strategy": p.strategy,
+            "bundle_per_worker": {"GPU": 1, model.ray_resource: 1},
+        },
+        "deployment_config": serving,
+    }
+    bind: dict[str, Any] = {}
+    if model.engine == "scripted":
+        from deploy.scripted_llm import LATENCY_KEY, ScriptedLLMEngine  # noqa: PLC0415
+
+        overrides["experimental_configs"] = {LATENCY_KEY: model.scripted_latency.model_dump()}
+        bind["engine_cls"] = ScriptedLLMEngine
+    config = llm_config(p, **overrides)
+    return build_llm_deployment(config, name_prefix=LLM_PREFIX, bind_kwargs=bind)
+
+
+def build_app(args: Mapping[str, Any] | None = None) -> Application:
+    """The whole service as one Ray Serve application, from the ``args`` document."""
+    config = load_config(dict(args or {}), source="serve args")
+    llms = {model.served_name: llm_deployment(model) for model in config.models}
+    tools = ToolWorkers.options(
+        **_pinned(
+            config.tool_workers.ray_resource,
+            max_ongoing_requests=config.tool_workers.max_concurrent_calls,
+            autoscaling_config=_scaling(config.tool_workers.replicas.min, config.tool_workers.replicas.max),
+        )
+    ).bind()
+    # A queue consumer has no request load for Serve's autoscaler to measure: it runs replicas.min.
+    orchestrator = Orchestrator.options(
+        **_pinned(config.orchestrator.ray_resource, max(1, config.orchestrator.replicas.min))
+    ).bind(config.model_dump(mode="json"), llms, tools)
+    return Api.options(**_pinned(config.api.ray_resource, 1)).bind(
+        config.model_dump(mode="json"), orchestrator, tools
+    )
+
+
+def _scaling(low: int, high: int) -> dict[str, Any]:
+    return {
+        "min_replicas": max(1, low),
+        "max_replicas": high,
+        "target_ongoing_requests": 4,
+        "upscale_delay_s": 5,
+        "downscale_delay_s": 300,
+    }

@@ -1,0 +1,165 @@
+"""The local model on Ray Serve LLM's production serving path: an LLMServer deployment whose engine is
+``deploy.local_llm.LocalLLMEngine`` (SmolLM2-135M on one CPU), on a local Ray with no GPU at all.
+
+The replica loads the model once for the module (~20 s); every request goes through the deployment
+handle, as the OpenAI ingress sends it: vLLM's ``CompletionRequest``, streamed or not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import ray
+from ray import serve
+from ray.serve.llm import build_llm_deployment
+from ray.serve.llm.openai_api_models import CompletionRequest, CompletionResponse, ErrorResponse
+from ray.util import placement_group_table
+
+from deploy.local_llm import LocalLLMEngine, local_llm_config
+from orchestrator.local_model import smollm2_path
+from toolbox.hermes import STOP, parse, render_prompt, validate
+from toolbox.hermes.constraint import json_answer, tool_calls
+from toolbox.protocol import UserMessage
+from toolbox.schema import tool_spec
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+NAME = "smollm2-135m"
+
+
+def multiply(a: int, b: int) -> int:
+    """Multiply two whole numbers.
+
+    Args:
+        a: The first factor.
+        b: The second factor.
+    """
+    return a * b
+
+
+def add(a: int, b: int) -> int:
+    """Add two whole numbers.
+
+    Args:
+        a: The first term.
+        b: The second term.
+    """
+    return a + b
+
+
+SPECS = [tool_spec(multiply), tool_spec(add)]
+PROMPT = render_prompt([UserMessage("What is 17 times 23?")], SPECS)
+STORY = render_prompt([UserMessage("Tell me a long story about a dragon.")], [])
+COUNT = render_prompt([UserMessage("Count from 1 to 1000, separated by commas.")], [])
+
+
+@pytest.fixture(scope="module")
+def handle() -> Iterator[Any]:
+    # A short private temp dir (Ray's socket paths must stay short) and no token auth for a test cluster.
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    saved = {key: os.environ.get(key) for key in ("RAY_TMPDIR", "RAY_AUTH_MODE")}
+    os.environ.update(RAY_TMPDIR=temp, RAY_AUTH_MODE="disabled")
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False)
+    try:
+        serve.start(proxy_location="Disabled")  # handles only: no HTTP port to collide with
+        app = build_llm_deployment(local_llm_config(None), bind_kwargs={"engine_cls": LocalLLMEngine})
+        serve.run(app, name=NAME, route_prefix=None)
+        yield serve.get_app_handle(NAME)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tokens() -> Any:
+    """Counts a prompt's tokens with the model's own tokenizer (the weights stay in the replica)."""
+    from transformers import AutoTokenizer  # noqa: PLC0415
+
+    path = smollm2_path()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+
+
+def request(prompt: str, max_tokens: int, **options: Any) -> CompletionRequest:
+    options = {"temperature": 0.0, "stop": list(STOP), "skip_special_tokens": False, **options}
+    return CompletionRequest(model=NAME, prompt=prompt, max_tokens=max_tokens, **options)
+
+
+def streamed(handle: Any, req: CompletionRequest) -> tuple[str, dict[str, Any]]:
+    """The text of a streamed completion and its last event (LLMServer yields batches of events)."""
+    lines = [line for batch in handle.options(stream=True).completions.remote(req) for line in batch]
+    assert lines[-1] == "data: [DONE]\n\n"
+    events = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    assert all(event["choices"][0]["finish_reason"] is None for event in events[:-1])
+    return "".join(event["choices"][0]["text"] for event in events), events[-1]
+
+
+def whole(handle: Any, req: CompletionRequest) -> Any:
+    (response,) = list(handle.options(stream=True).completions.remote(req))
+    return response
+
+
+def test_the_replica_reserves_one_cpu_and_no_gpu(handle: Any) -> None:
+    groups = [g for g in placement_group_table().values() if g["state"] == "CREATED"]
+    assert [group["bundles"] for group in groups] == [{0: {"CPU": 1.0}}]
+    assert ray.available_resources().get("GPU", 0) == 0
+
+
+def test_a_constrained_greedy_call_streams_with_usage_and_repeats(handle: Any, tokens: Any) -> None:
+    constraint = tool_calls(SPECS, require=True, single=True)  # a required turn (loop.constraint_for)
+    req = request(PROMPT, 60, stream=True, structured_outputs={"structural_tag": json.dumps(constraint)})
+    text, last = streamed(handle, req)
+    calls = parse(text).tool_calls
+    assert len(calls) == 1 and calls[0].name in ("multiply", "add"), text
+    assert validate(calls[0], SPECS) is None
+    assert last["choices"][0]["finish_reason"] == "stop"  # the grammar ended the turn after one call
+    usage = last["usage"]
+    assert usage["prompt_tokens"] == tokens(PROMPT)
+    assert 0 < usage["completion_tokens"] <= 60
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert streamed(handle, req)[0] == text  # greedy decoding is deterministic
+
+    # The grammar, not the prompt, decides: an answer that may only be one word the model would not say.
+    only = {"structural_tag": json.dumps(json_answer({"enum": ["pomegranate"]}))}
+    assert whole(handle, request(STORY, 12, structured_outputs=only)).choices[0].text == '"pomegranate"'
+
+
+def test_max_tokens_stop_strings_seed_and_the_context_limit(handle: Any, tokens: Any) -> None:
+    response = whole(handle, request(STORY, 12))
+    assert isinstance(response, CompletionResponse)
+    text = response.choices[0].text
+    assert response.choices[0].finish_reason == "length"
+    assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (tokens(STORY), 12)
+
+    stop = text.split()[3]  # a word the greedy output is known to reach
+    cut, last = streamed(handle, request(STORY, 12, stop=[stop], stream=True))
+    assert cut == text[: text.index(stop)] and last["choices"][0]["finish_reason"] == "stop"
+
+    sampled = request(STORY, 8, temperature=1.0, seed=7)
+    assert whole(handle, sampled).choices[0].text == whole(handle, sampled).choices[0].text
+
+    refused = whole(handle, request(STORY, 8192))
+    assert isinstance(refused, ErrorResponse) and refused.error.code == 400
+    assert "maximum context length is 8192" in refused.error.message
+
+
+def test_a_consumer_that_stops_reading_stops_the_generation(handle: Any) -> None:
+    # Greedy counting runs to max_tokens: minutes on one CPU, unless the cancellation stops it.
+    response = handle.options(stream=True).completions.remote(request(COUNT, 4000, stream=True))
+    assert next(iter(response))
+    response.cancel()
+    started = time.monotonic()
+    assert whole(handle, request(STORY, 4)).choices[0].finish_reason == "length"
+    assert time.monotonic() - started < 30  # the replica's one generation slot was free again

@@ -85,3 +85,16 @@ local held = redis.call('GET', KEYS[1])
 if held and cjson.decode(held)['run'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+# KEYS: a tenant's run index. ARGV: the run id to list after ("" for the newest), count.
+# Returns up to count run ids, newest first, or nil when the run to list after is not in the index.
+# One script, so that a run submitted between finding the cursor and reading the page shifts nothing.
+LIST_RUNS = """
+local start = 0
+if ARGV[1] ~= '' then
+  local rank = redis.call('ZREVRANK', KEYS[1], ARGV[1])
+  if not rank then return false end
+  start = rank + 1
+end
+return redis.call('ZREVRANGE', KEYS[1], start, start + tonumber(ARGV[2]) - 1)
+"""

@@ -45,12 +45,15 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: ledger. ARGV: field, ttl. Marks a call started unless the ledger has it; returns what it had.
+# KEYS: ledger, events. ARGV: field, ttl, event data, maxlen. Marks a call started unless the ledger has
+# it (and tells the event stream the call started); returns what it had.
 BEGIN_CALL = """
 local had = redis.call('HGET', KEYS[1], ARGV[1])
 if not had then
   redis.call('HSET', KEYS[1], ARGV[1], '{"state":"started"}')
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'kind', 'tool_call', 'data', ARGV[3])
   redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
 end
 return had
 """

@@ -8,8 +8,9 @@ restricted to ``[A-Za-z0-9_.-]`` so no id can reach into another's keys)::
     cad:t:{tenant}:run:{run}              HASH    spec (JSON), status, step, window_start, token counts,
                                                   json_retries, deadline, trace (W3C carrier), outcome
     cad:t:{tenant}:run:{run}:steps        LIST    one small JSON record per acknowledged step
-    cad:t:{tenant}:run:{run}:events       STREAM  step / tool_result / compacted / finished events;
-                                                  Redis stream ids are monotonic: resume from the last seen
+    cad:t:{tenant}:run:{run}:events       STREAM  tool_call / tool_result / step / compacted / resumed /
+                                                  finished / failed events; Redis stream ids are
+                                                  monotonic: resume from the last seen
     cad:t:{tenant}:run:{run}:ledger       HASH    "{step}:{index}" -> {"state": "started"} or the ToolResult
     cad:t:{tenant}:run:{run}:repeats      HASH    call signature -> times made (repeated-call limit)
     cad:t:{tenant}:run:{run}:lease        STRING  the owning worker's id, with a TTL renewed by heartbeats
@@ -22,9 +23,9 @@ restricted to ``[A-Za-z0-9_.-]`` so no id can reach into another's keys)::
                                                   by each submission)
     cad:queue                             STREAM  run queue (consumer group "orchestrators"): tenant, run
 
-A step costs O(1) writes whatever the history length: its new turns, one step record, one event, a few
-counters, TTL refreshes. Every key of a run and its thread expires ``ttl_s`` after its last write; a run
-stays in its tenant's index for ``ttl_s`` after its submission.
+A step costs O(1) writes whatever the history length: its new turns, one step record, one event per step
+and per call, a few counters, TTL refreshes. Every key of a run and its thread expires ``ttl_s`` after its
+last write; a run stays in its tenant's index for ``ttl_s`` after its submission.
 
 Writes that move a run forward (``commit``, ``finish``) are Lua scripts that first check that this worker
 still holds the run's lease (a fencing check): a worker that lost its lease can never write over the
@@ -64,6 +65,7 @@ _SPEC: TypeAdapter[RunSpec] = TypeAdapter(RunSpec)
 _STARTED = b'{"state":"started"}'
 IDEMPOTENCY_TTL_S = 24 * 3600
 RUNS_INDEX_MAX = 10_000  # the most runs a tenant's index keeps (the newest)
+_PREVIEW = 200  # characters of a tool's result that its event carries
 # What Redis raises when it is unreachable or refuses to serve: the REST API answers 503 for these (it
 # names them from here, because this is the one module that imports redis).
 UNAVAILABLE: tuple[type[Exception], ...] = (RedisError, OSError, StoreError)
@@ -244,8 +246,16 @@ class RedisStore:
     async def begin_call(
         self, spec: RunSpec, step: int, index: int, call: ToolCall
     ) -> ToolResult | Interrupted | None:
-        key, field = Keys.of(spec.tenant, spec.run_id).ledger, f"{step}:{index}"
-        found = await self._batch.run(self._begin, [key], [field, self._ttl])
+        keys, field = Keys.of(spec.tenant, spec.run_id), f"{step}:{index}"
+        data = {
+            "step": step,
+            "index": index,
+            "call_id": call.id,
+            "name": call.name,
+            "arguments": call.arguments,
+        }
+        args: list[EncodableT] = [field, self._ttl, json.dumps(data, separators=(",", ":")), EVENTS_MAXLEN]
+        found = await self._batch.run(self._begin, [keys.ledger, keys.events], args)
         if found is None:
             return None
         if found == _STARTED:
@@ -258,6 +268,7 @@ class RedisStore:
     async def end_call(self, spec: RunSpec, step: int, index: int, result: ToolResult) -> None:
         keys = Keys.of(spec.tenant, spec.run_id)
         data = {"step": step, "index": index, "call_id": result.call_id, "name": result.name, "ok": result.ok}
+        data |= _result_preview(result)
         args: list[EncodableT] = [f"{step}:{index}", to_json(result), json.dumps(data), EVENTS_MAXLEN]
         await self._batch.run(self._end, [keys.ledger, keys.events], args)
 
@@ -472,6 +483,17 @@ class RedisStore:
 
 def _runs_key(tenant: str) -> str:
     return f"cad:t:{_check_id('tenant', tenant)}:runs"
+
+
+def _result_preview(result: ToolResult) -> dict[str, Any]:
+    """What a ``tool_result`` event says of the result: its error, or the start of its content as JSON."""
+    if result.error is not None:
+        return {"error": {"type": result.error.type, "message": _clip(result.error.message)}}
+    return {"content": _clip(json.dumps(result.content, ensure_ascii=False, default=str))}
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _PREVIEW else text[: _PREVIEW - 1] + "…"
 
 
 def _idempotency_key(tenant: str, key: str) -> str:

@@ -262,3 +262,24 @@ def test_runs_submitted_longer_ago_than_the_ttl_leave_the_index(redis_url: str) 
         assert await client.zrange("cad:t:acme:runs", 0, -1) == [b"new"]
 
     with_redis(redis_url, body)
+
+
+def test_tool_events_tell_each_call_with_its_arguments_and_result(redis_url: str) -> None:
+    async def body(client: Redis) -> None:
+        store = RedisStore(client)
+        spec = await submit(store)
+        _, ckpt, _ = await store.load(spec.tenant, spec.run_id)
+        executor = FunctionExecutor({"incr": lambda n: {"n": n} if n < 100 else 1 / 0})
+        await Agent(ScriptedEngine(counting_script(1)), executor, store).run(spec, ckpt)
+        events = await store.events(spec.tenant, spec.run_id)
+        calls = [e.data for e in events if e.kind == "tool_call"]
+        results = {e.data["call_id"]: e.data for e in events if e.kind == "tool_result"}
+        assert [(c["name"], c["arguments"]) for c in calls] == [("incr", {"n": 0}), ("incr", {"n": 100})]
+        first, second = (results[c["call_id"]] for c in calls)
+        assert (first["ok"], first["content"]) == (True, '{"n": 0}')
+        assert (second["ok"], second["error"]["type"]) == (False, "tool_error")
+        assert "ZeroDivisionError" in second["error"]["message"]
+        kinds = [e.kind for e in events]
+        assert kinds.index("tool_call") < kinds.index("tool_result") < kinds.index("step")
+
+    with_redis(redis_url, body)

@@ -45,12 +45,15 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: ledger. ARGV: field, ttl. Marks a call started unless the ledger has it; returns what it had.
+# KEYS: ledger, events. ARGV: field, ttl, event data, maxlen. Marks a call started unless the ledger has
+# it (and tells the event stream the call started); returns what it had.
 BEGIN_CALL = """
 local had = redis.call('HGET', KEYS[1], ARGV[1])
 if not had then
   redis.call('HSET', KEYS[1], ARGV[1], '{"state":"started"}')
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'kind', 'tool_call', 'data', ARGV[3])
   redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
 end
 return had
 """
@@ -84,4 +87,17 @@ FORGET = """
 local held = redis.call('GET', KEYS[1])
 if held and cjson.decode(held)['run'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+# KEYS: a tenant's run index. ARGV: the run id to list after ("" for the newest), count.
+# Returns up to count run ids, newest first, or nil when the run to list after is not in the index.
+# One script, so that a run submitted between finding the cursor and reading the page shifts nothing.
+LIST_RUNS = """
+local start = 0
+if ARGV[1] ~= '' then
+  local rank = redis.call('ZREVRANK', KEYS[1], ARGV[1])
+  if not rank then return false end
+  start = rank + 1
+end
+return redis.call('ZREVRANGE', KEYS[1], start, start + tonumber(ARGV[2]) - 1)
 """

@@ -8,18 +8,24 @@ restricted to ``[A-Za-z0-9_.-]`` so no id can reach into another's keys)::
     cad:t:{tenant}:run:{run}              HASH    spec (JSON), status, step, window_start, token counts,
                                                   json_retries, deadline, trace (W3C carrier), outcome
     cad:t:{tenant}:run:{run}:steps        LIST    one small JSON record per acknowledged step
-    cad:t:{tenant}:run:{run}:events       STREAM  step / tool_result / compacted / finished events;
-                                                  Redis stream ids are monotonic: resume from the last seen
+    cad:t:{tenant}:run:{run}:events       STREAM  tool_call / tool_result / step / compacted / resumed /
+                                                  finished / failed events; Redis stream ids are
+                                                  monotonic: resume from the last seen
     cad:t:{tenant}:run:{run}:ledger       HASH    "{step}:{index}" -> {"state": "started"} or the ToolResult
     cad:t:{tenant}:run:{run}:repeats      HASH    call signature -> times made (repeated-call limit)
     cad:t:{tenant}:run:{run}:lease        STRING  the owning worker's id, with a TTL renewed by heartbeats
     cad:t:{tenant}:run:{run}:cancel       STRING  present once cancellation is requested
     cad:t:{tenant}:thread:{thread}:run    STRING  the thread's latest run: one run at a time per thread
     cad:t:{tenant}:idem:{sha256(key)}     STRING  an Idempotency-Key's {"fingerprint", "run"} (24 h TTL)
+    cad:t:{tenant}:runs                   ZSET    the tenant's runs by submission time (newest last): the
+                                                  runs submitted in the last ``ttl_s``, at most
+                                                  ``RUNS_INDEX_MAX`` of them (trimmed, and its TTL renewed,
+                                                  by each submission)
     cad:queue                             STREAM  run queue (consumer group "orchestrators"): tenant, run
 
-A step costs O(1) writes whatever the history length: its new turns, one step record, one event, a few
-counters, TTL refreshes. Every key of a run and its thread expires ``ttl_s`` after its last write.
+A step costs O(1) writes whatever the history length: its new turns, one step record, one event per step
+and per call, a few counters, TTL refreshes. Every key of a run and its thread expires ``ttl_s`` after its
+last write; a run stays in its tenant's index for ``ttl_s`` after its submission.
 
 Writes that move a run forward (``commit``, ``finish``) are Lua scripts that first check that this worker
 still holds the run's lease (a fencing check): a worker that lost its lease can never write over the
@@ -33,6 +39,7 @@ import functools
 import hashlib
 import json
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -57,6 +64,8 @@ _ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _SPEC: TypeAdapter[RunSpec] = TypeAdapter(RunSpec)
 _STARTED = b'{"state":"started"}'
 IDEMPOTENCY_TTL_S = 24 * 3600
+RUNS_INDEX_MAX = 10_000  # the most runs a tenant's index keeps (the newest)
+_PREVIEW = 200  # characters of a tool's result that its event carries
 # What Redis raises when it is unreachable or refuses to serve: the REST API answers 503 for these (it
 # names them from here, because this is the one module that imports redis).
 UNAVAILABLE: tuple[type[Exception], ...] = (RedisError, OSError, StoreError)
@@ -207,6 +216,7 @@ class RedisStore:
         self._end = redis.register_script(lua.END_CALL)
         self._cancel = redis.register_script(lua.CANCEL)
         self._forget = redis.register_script(lua.FORGET)
+        self._list = redis.register_script(lua.LIST_RUNS)
 
     # -- the RunStore port -----------------------------------------------------------------------
 
@@ -236,8 +246,16 @@ class RedisStore:
     async def begin_call(
         self, spec: RunSpec, step: int, index: int, call: ToolCall
     ) -> ToolResult | Interrupted | None:
-        key, field = Keys.of(spec.tenant, spec.run_id).ledger, f"{step}:{index}"
-        found = await self._batch.run(self._begin, [key], [field, self._ttl])
+        keys, field = Keys.of(spec.tenant, spec.run_id), f"{step}:{index}"
+        data = {
+            "step": step,
+            "index": index,
+            "call_id": call.id,
+            "name": call.name,
+            "arguments": call.arguments,
+        }
+        args: list[EncodableT] = [field, self._ttl, json.dumps(data, separators=(",", ":")), EVENTS_MAXLEN]
+        found = await self._batch.run(self._begin, [keys.ledger, keys.events], args)
         if found is None:
             return None
         if found == _STARTED:
@@ -250,6 +268,7 @@ class RedisStore:
     async def end_call(self, spec: RunSpec, step: int, index: int, result: ToolResult) -> None:
         keys = Keys.of(spec.tenant, spec.run_id)
         data = {"step": step, "index": index, "call_id": result.call_id, "name": result.name, "ok": result.ok}
+        data |= _result_preview(result)
         args: list[EncodableT] = [f"{step}:{index}", to_json(result), json.dumps(data), EVENTS_MAXLEN]
         await self._batch.run(self._end, [keys.ledger, keys.events], args)
 
@@ -296,11 +315,13 @@ class RedisStore:
 
         ``earlier`` are rendered turns that go before the user's (a conversation given whole, as the
         chat-completions endpoint receives it); ``extra`` are more record fields (the API's metadata).
+        The record's ``created_at`` is now, which also places the run in its tenant's index.
         """
-        keys = Keys.of(spec.tenant, spec.run_id, spec.thread_id)
+        keys, now = Keys.of(spec.tenant, spec.run_id, spec.thread_id), time.time()
         record: dict[FieldT, EncodableT] = dict((extra or {}).items())
         record |= {
             "spec": _SPEC.dump_json(spec),
+            "created_at": repr(now),
             "status": "queued",
             "step": 0,
             "window_start": ckpt.window_start,
@@ -313,7 +334,12 @@ class RedisStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.rpush(keys.thread, *earlier, user_turn(text))
             pipe.hset(keys.run, mapping=record)
-            for key in (keys.thread, keys.run):
+            index = _runs_key(spec.tenant)
+            pipe.zadd(index, {spec.run_id: now})
+            # Runs submitted longer ago than the TTL are forgotten (their records expire about then too).
+            pipe.zremrangebyscore(index, "-inf", f"({now - self._ttl!r}")
+            pipe.zremrangebyrank(index, 0, -RUNS_INDEX_MAX - 1)
+            for key in (keys.thread, keys.run, index):
                 pipe.expire(key, self._ttl)
             if enqueue:
                 pipe.xadd(QUEUE, {"tenant": spec.tenant, "run": spec.run_id})
@@ -369,17 +395,39 @@ class RedisStore:
     async def record(self, tenant: str, run_id: str) -> tuple[RunSpec, dict[str, str]] | None:
         """The run's spec and its record's other fields (plus ``leased``: whether a worker holds it), or
         ``None`` when the tenant has no such run."""
-        keys = Keys.of(tenant, run_id)
+        found = await self._records(tenant, [run_id])
+        return found[0] if found else None
+
+    async def runs(
+        self, tenant: str, *, limit: int, after: str | None = None
+    ) -> tuple[list[tuple[RunSpec, dict[str, str]]], bool]:
+        """The tenant's runs, newest first: up to ``limit`` of them (as ``record`` gives each), starting
+        after the run ``after`` when given, and whether more follow. Raises ``RunNotFoundError`` when
+        ``after`` is not in the tenant's index."""
+        cursor = _check_id("run", after) if after else ""
+        ids = await self._list(keys=[_runs_key(tenant)], args=[cursor, limit + 1])
+        if ids is None:
+            raise RunNotFoundError(f"no run {after!r} for tenant {tenant!r}")
+        page = [_text(run_id) for run_id in ids or ()]
+        return await self._records(tenant, page[:limit]), len(page) > limit
+
+    async def _records(self, tenant: str, run_ids: Sequence[str]) -> list[tuple[RunSpec, dict[str, str]]]:
+        """The runs' specs and records, in order, leaving out those that do not exist (or expired)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.run)
-            pipe.exists(keys.lease)
-            record, leased = await pipe.execute()
-        found = {_text(k): v for k, v in record.items()}
-        if "spec" not in found:
-            return None
-        spec = _SPEC.validate_json(found.pop("spec"))
-        # A worker holds the run before its first step is committed: "leased" tells a taken run apart.
-        return spec, {k: _text(v) for k, v in found.items()} | {"leased": "1" if leased else ""}
+            for run_id in run_ids:
+                keys = Keys.of(tenant, run_id)
+                pipe.hgetall(keys.run)
+                pipe.exists(keys.lease)
+            replies = await pipe.execute()
+        found = []
+        for record, leased in zip(replies[::2], replies[1::2], strict=True):
+            fields = {_text(k): v for k, v in record.items()}
+            if "spec" not in fields:
+                continue
+            spec = _SPEC.validate_json(fields.pop("spec"))
+            # A worker holds the run before its first step is committed: "leased" tells a taken run apart.
+            found.append((spec, {k: _text(v) for k, v in fields.items()} | {"leased": "1" if leased else ""}))
+        return found
 
     async def request_cancel(self, tenant: str, run_id: str) -> str | None:
         """Ask for the run to stop; returns its status after, or ``None`` when there is no such run.
@@ -431,6 +479,21 @@ class RedisStore:
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
+
+
+def _runs_key(tenant: str) -> str:
+    return f"cad:t:{_check_id('tenant', tenant)}:runs"
+
+
+def _result_preview(result: ToolResult) -> dict[str, Any]:
+    """What a ``tool_result`` event says of the result: its error, or the start of its content as JSON."""
+    if result.error is not None:
+        return {"error": {"type": result.error.type, "message": _clip(result.error.message)}}
+    return {"content": _clip(json.dumps(result.content, ensure_ascii=False, default=str))}
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _PREVIEW else text[: _PREVIEW - 1] + "…"
 
 
 def _idempotency_key(tenant: str, key: str) -> str:

@@ -7,9 +7,15 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from deploy.commands import demo, doctor, presets, tool
+from deploy.commands import client, demo, doctor, presets, tool
 
 Register = Callable[["argparse._SubParsersAction[Any]"], None]
 
 #: Every command group, in the order ``caduceus --help`` lists them.
-COMMANDS: list[Register] = [demo.register, presets.register, tool.register, doctor.register]
+COMMANDS: list[Register] = [
+    demo.register,
+    client.register,
+    presets.register,
+    tool.register,
+    doctor.register,
+]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Request, Response
+from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -23,6 +23,7 @@ from orchestrator.api.models import (
     ErrorEnvelope,
     Health,
     Run,
+    RunList,
     RunRequest,
     ThreadMessages,
     Tool,
@@ -38,6 +39,7 @@ _bearer = HTTPBearer(auto_error=False, description="An API key: 'Authorization: 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorEnvelope} for code in (400, 401, 404, 409, 413, 422, 429, 503)
 }
+_ID = r"^[A-Za-z0-9_.-]{1,128}$"
 _SSE = {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}
 
 
@@ -111,6 +113,18 @@ def _run_routes(app: FastAPI, api: Api) -> None:
         run = await service.submit(api, tenant, body, idempotency_key)
         response.headers["Location"] = f"/v1/runs/{run.id}"
         return run
+
+    @app.get("/v1/runs")
+    async def list_runs(
+        tenant: Tenant,
+        limit: Annotated[int, Query(ge=1, le=100, description="How many runs, at most")] = 20,
+        after: Annotated[
+            str | None, Query(pattern=_ID, description="List the runs older than this one")
+        ] = None,
+    ) -> RunList:
+        """The caller's runs, newest first. Page on with ``after`` set to the last id of the page before,
+        while ``has_more``. Runs are listed for the store's TTL (7 days by default) after submission."""
+        return await service.runs(api, tenant, limit, after)
 
     @app.get("/v1/runs/{run_id}")
     async def get_run(run_id: str, tenant: Tenant) -> Run:

@@ -66,6 +66,12 @@ class Run(BaseModel):
     usage: Usage
 
 
+class RunList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Run]
+    has_more: bool = Field(description="More runs follow: ask again with after set to the last run's id")
+
+
 class ThreadMessage(BaseModel):
     role: str
     content: str

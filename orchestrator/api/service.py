@@ -7,7 +7,6 @@ import dataclasses
 import hashlib
 import json
 import re
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,7 +16,8 @@ from jsonschema.exceptions import SchemaError
 from jsonschema.validators import validator_for
 
 from orchestrator.api.errors import ApiError, not_found
-from orchestrator.api.models import Message, Run, RunRequest, RunStatus, ThreadMessage, Usage
+from orchestrator.api.models import Message, Run, RunList, RunRequest, RunStatus, ThreadMessage, Usage
+from orchestrator.errors import RunNotFoundError
 from orchestrator.ports import Limits, RunSpec
 from orchestrator.redis_store import RedisStore
 from orchestrator.runs import first_checkpoint, new_run
@@ -156,7 +156,7 @@ async def _enqueue(api: Api, spec: RunSpec, talk: _Conversation, model: str) -> 
     if busy is not None:
         message = f"thread {spec.thread_id} has a run in progress ({busy}); wait for it"
         raise ApiError(409, "thread_busy", message)
-    extra = {"model": model, "created_at": repr(time.time())}
+    extra = {"model": model}  # the store stamps created_at, with the time that orders the tenant's runs
     await api.store.submit(spec, first_checkpoint(spec, []), talk.text, earlier=talk.earlier, extra=extra)
 
 
@@ -207,6 +207,16 @@ async def view(api: Api, tenant: str, run_id: str) -> Run:
     if found is None:
         raise not_found("run", run_id)
     return run_view(*found)
+
+
+async def runs(api: Api, tenant: str, limit: int, after: str | None) -> RunList:
+    """A page of the tenant's runs, newest first, after the run ``after`` (the last one of the page
+    before) when given."""
+    try:
+        found, more = await api.store.runs(tenant, limit=limit, after=after)
+    except RunNotFoundError:
+        raise ApiError(400, "invalid_cursor", f"after: no run {after!r} to list after") from None
+    return RunList(data=[run_view(*one) for one in found], has_more=more)
 
 
 async def cancel(api: Api, tenant: str, run_id: str) -> Run:

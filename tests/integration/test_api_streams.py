@@ -32,8 +32,15 @@ def test_events_stream_to_the_end_and_resume_after_any_id(client: httpx.Client) 
     # Read while the run goes on: the stream ends by itself after the final event.
     live = _events(client, run["id"])
     kinds = [frame["event"] for frame in live]
-    # A call's result is recorded as it ends, before the step that made it is committed.
-    assert kinds == ["tool_result", "step", "step", "finished"]
+    # A call is told as it starts and its result as it ends, before the step that made it is committed.
+    assert kinds == ["tool_call", "tool_result", "step", "step", "finished"]
+    call, result = (json.loads(frame["data"]) for frame in live[:2])
+    assert (call["name"], call["arguments"], call["call_id"]) == (
+        "echo",
+        {"text": "tool hi"},
+        result["call_id"],
+    )
+    assert (result["ok"], result["content"]) == (True, '"tool hi"')
     assert json.loads(live[-1]["data"])["stop_reason"] == "answer"
     ids = [frame["id"] for frame in live]
     assert len(set(ids)) == len(ids)

@@ -10,8 +10,9 @@ from typing import Any, TypeVar
 import pytest
 from redis.asyncio import Redis
 
+from orchestrator import redis_store
 from orchestrator.engines import Latency, ScriptedEngine
-from orchestrator.errors import LeaseLostError
+from orchestrator.errors import LeaseLostError, RunNotFoundError
 from orchestrator.loop import Agent
 from orchestrator.memory import FunctionExecutor
 from orchestrator.ports import Limits, RunSpec, StepCommit
@@ -223,5 +224,62 @@ def test_bytes_written_per_step_do_not_grow_with_the_history(redis_url: str) -> 
         short, long = await per_step(store, 1), await per_step(store, 300)
         # Only counters grow a digit or two (token counts); the history itself is never sent again.
         assert abs(long - short) < 0.05 * short, (short, long)
+
+    with_redis(redis_url, body)
+
+
+def test_a_tenants_runs_are_indexed_newest_first_trimmed_and_expiring(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_store, "RUNS_INDEX_MAX", 3)
+
+    async def body(client: Redis) -> None:
+        store = RedisStore(client, ttl_s=3600)
+        for n in range(5):
+            await submit(store, tenant="acme", thread=f"th-{n}", run_id=f"r{n}")
+        await submit(store, tenant="other", run_id="o1")
+        page, more = await store.runs("acme", limit=2)
+        assert ([spec.run_id for spec, _ in page], more) == (["r4", "r3"], True)
+        page, more = await store.runs("acme", limit=2, after="r3")
+        assert ([spec.run_id for spec, _ in page], more) == (["r2"], False)  # r0, r1: trimmed
+        assert float(page[0][1]["created_at"]) > 0
+        with pytest.raises(RunNotFoundError):
+            await store.runs("acme", limit=2, after="o1")  # another tenant's run is no cursor here
+        assert [spec.run_id for spec, _ in (await store.runs("other", limit=10))[0]] == ["o1"]
+        assert 0 < await client.ttl("cad:t:acme:runs") <= 3600
+        await client.delete("cad:t:acme:run:r3")  # an expired run is left out of its page
+        assert [spec.run_id for spec, _ in (await store.runs("acme", limit=5))[0]] == ["r4", "r2"]
+
+    with_redis(redis_url, body)
+
+
+def test_runs_submitted_longer_ago_than_the_ttl_leave_the_index(redis_url: str) -> None:
+    async def body(client: Redis) -> None:
+        store = RedisStore(client, ttl_s=1)
+        await submit(store, run_id="old", thread="th-old")
+        await asyncio.sleep(1.1)
+        await submit(store, run_id="new", thread="th-new")
+        assert await client.zrange("cad:t:acme:runs", 0, -1) == [b"new"]
+
+    with_redis(redis_url, body)
+
+
+def test_tool_events_tell_each_call_with_its_arguments_and_result(redis_url: str) -> None:
+    async def body(client: Redis) -> None:
+        store = RedisStore(client)
+        spec = await submit(store)
+        _, ckpt, _ = await store.load(spec.tenant, spec.run_id)
+        executor = FunctionExecutor({"incr": lambda n: {"n": n} if n < 100 else 1 / 0})
+        await Agent(ScriptedEngine(counting_script(1)), executor, store).run(spec, ckpt)
+        events = await store.events(spec.tenant, spec.run_id)
+        calls = [e.data for e in events if e.kind == "tool_call"]
+        results = {e.data["call_id"]: e.data for e in events if e.kind == "tool_result"}
+        assert [(c["name"], c["arguments"]) for c in calls] == [("incr", {"n": 0}), ("incr", {"n": 100})]
+        first, second = (results[c["call_id"]] for c in calls)
+        assert (first["ok"], first["content"]) == (True, '{"n": 0}')
+        assert (second["ok"], second["error"]["type"]) == (False, "tool_error")
+        assert "ZeroDivisionError" in second["error"]["message"]
+        kinds = [e.kind for e in events]
+        assert kinds.index("tool_call") < kinds.index("tool_result") < kinds.index("step")
 
     with_redis(redis_url, body)

@@ -22,12 +22,12 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from redis.asyncio import Redis
 
+from deploy.demo_tools import demo_registry, narrowed
 from deploy.local_redis import redis_url
 from orchestrator.engines import LocalEngine, OpenAICompletionsEngine
 from orchestrator.loop import Agent
@@ -44,9 +44,8 @@ from orchestrator.ports import (
 from orchestrator.redis_store import RedisStore
 from orchestrator.runs import first_checkpoint, new_run
 from toolbox.hermes import tool_response_payload
-from toolbox.protocol import ToolCall, ToolResult, ToolSpec
+from toolbox.protocol import ToolCall, ToolResult
 from workers.executor import Executor
-from workers.registry import ToolRegistry, builtin_registry
 from workers.sandbox import scratch_dir
 
 QUESTION = "Use the calculator to compute 17 * 23. Then use the files tool to write the result to result.txt."
@@ -54,33 +53,6 @@ TENANT = "demo"
 #: The task's shape, given to the grammar: compute, then store, then answer in words.
 TOOL_CHOICE = ("calculator", "files", "none")
 LIMITS = Limits(max_steps=4, max_tokens=96, deadline_s=600.0, context_window=8192)
-
-#: Narrower schemas than the tools' own, offered to the model (each still valid for the real tool).
-NARROW: dict[str, dict[str, Any]] = {
-    "calculator": {"expression": {"type": "string", "pattern": "^[0-9]{1,4} [*+/-] [0-9]{1,4}$"}},
-    "files": {
-        "action": {"type": "string", "enum": ["write"]},
-        "path": {"type": "string", "pattern": "^[a-z]{1,12}\\.txt$"},
-        "content": {"type": "string", "pattern": "^-?[0-9]{1,9}$"},
-    },
-}
-
-
-def narrowed(spec: ToolSpec) -> ToolSpec:
-    """``spec`` with the demo's narrower argument schemas, all of them required."""
-    properties = {**spec.parameters.get("properties", {}), **NARROW.get(spec.name, {})}
-    parameters = {**spec.parameters, "properties": properties, "required": list(properties)}
-    return replace(spec, parameters=parameters)
-
-
-def demo_registry() -> ToolRegistry:
-    registry = ToolRegistry()
-    builtins = builtin_registry()
-    for name in ("calculator", "files"):
-        entry = builtins.get(name)
-        assert entry is not None
-        registry.add(entry)
-    return registry
 
 
 @dataclass

@@ -32,6 +32,7 @@ from ray.serve.llm import build_llm_deployment
 from redis.asyncio import Redis
 
 from deploy.config import ConfigError, ModelConfig, ServiceConfig, load_config
+from deploy.demo_tools import demo_registry
 from deploy.presets import PRESETS, deployment_config, llm_config
 from deploy.serve_engine import ServeLLMEngine
 from orchestrator import tracing
@@ -74,10 +75,10 @@ def _pinned(resource: str, replicas: int | None = None, **options: Any) -> dict[
 
 
 class _ToolWorkers:
-    """Runs tool calls in sandboxes: the built-in tools, each call in its conversation's scratch directory."""
+    """Runs tool calls in sandboxes (the configured tool set), each in its conversation's scratch dir."""
 
-    async def __init__(self) -> None:  # type: ignore[misc]  # Serve awaits async constructors
-        self._executor = Executor(builtin_registry())
+    async def __init__(self, tools: str = "builtin") -> None:  # type: ignore[misc]  # Serve awaits it
+        self._executor = Executor(demo_registry(narrow=True) if tools == "demo" else builtin_registry())
 
     async def specs(self) -> list[ToolSpec]:
         return self._executor.specs()
@@ -170,8 +171,9 @@ def _context_window(model: ModelConfig) -> int:
 def llm_deployment(model: ModelConfig) -> Application:
     """The model's ``LLMServer`` deployment: its preset's layout and serving knobs, the configured replica
     bounds, every placement bundle pinned to the model's Ray resource, and the configured engine."""
-    if model.preset is None:
-        raise ConfigError(f"model {model.served_name}: the {model.engine} engine is not available here")
+    if model.engine == "local":
+        return _local_deployment(model)
+    assert model.preset is not None  # the config requires one for the other engines
     p = PRESETS[model.preset]
     serving = deployment_config(p)
     serving["autoscaling_config"] |= {"min_replicas": model.replicas.min, "max_replicas": model.replicas.max}
@@ -197,6 +199,20 @@ def llm_deployment(model: ModelConfig) -> Application:
     return build_llm_deployment(config, name_prefix=LLM_PREFIX, bind_kwargs=bind)
 
 
+def _local_deployment(model: ModelConfig) -> Application:
+    from deploy.local_llm import LocalLLMEngine, local_llm_config  # noqa: PLC0415 - imports torch
+
+    # A CPU model needs no GPU group: it is pinned to a Ray resource only when one is configured.
+    pinned = {model.ray_resource: 1.0} if "ray_resource" in model.model_fields_set else {}
+    config = local_llm_config(
+        model.model_source,
+        model.served_name,
+        replicas=(model.replicas.min, model.replicas.max),
+        resources=pinned,
+    )
+    return build_llm_deployment(config, name_prefix=LLM_PREFIX, bind_kwargs={"engine_cls": LocalLLMEngine})
+
+
 def build_app(args: Mapping[str, Any] | None = None) -> Application:
     """The whole service as one Ray Serve application, from the ``args`` document."""
     config = load_config(dict(args or {}), source="serve args")
@@ -207,7 +223,7 @@ def build_app(args: Mapping[str, Any] | None = None) -> Application:
             max_ongoing_requests=config.tool_workers.max_concurrent_calls,
             autoscaling_config=_scaling(config.tool_workers.replicas.min, config.tool_workers.replicas.max),
         )
-    ).bind()
+    ).bind(config.tool_workers.tools)
     # A queue consumer has no request load for Serve's autoscaler to measure: it runs replicas.min.
     orchestrator = Orchestrator.options(
         **_pinned(config.orchestrator.ray_resource, max(1, config.orchestrator.replicas.min))

@@ -101,6 +101,10 @@ class OrchestratorConfig(_Strict):
 
 
 class ToolWorkersConfig(_Strict):
+    """``tools``: ``builtin`` (every built-in tool) or ``demo`` (``calculator`` and ``files`` with the narrow
+    argument schemas a very small model can fill: ``deploy.demo_tools``)."""
+
+    tools: Literal["builtin", "demo"] = "builtin"
     replicas: Replicas = Replicas()
     max_concurrent_calls: int = Field(16, ge=1)
     ray_resource: str = Field("caduceus-tools", min_length=1)

@@ -63,12 +63,20 @@ def model_path(source: Any) -> Path | None:
     return Path(source)
 
 
-def local_llm_config(source: str | None, name: str = "smollm2-135m", *, cpus: int = 1) -> Any:
+def local_llm_config(
+    source: str | None,
+    name: str = "smollm2-135m",
+    *,
+    cpus: int = 1,
+    replicas: tuple[int, int] = (1, 1),
+    resources: dict[str, float] | None = None,
+) -> Any:
     """An LLMConfig for one CPU-only replica of the local model (``source``: a GGUF file, a model
     directory, or ``None`` for SmolLM2), with the presets' session router and small request limits.
 
     No GPU is asked for: the accelerator is the CPU, and the engine starts no worker actors (it runs in
-    the replica's own process), so the replica's placement group is one bundle: its ``cpus``.
+    the replica's own process), so the replica's placement group is one bundle: its ``cpus`` (and the
+    custom Ray ``resources`` that pin it to a group of nodes). ``replicas`` are the autoscaling bounds.
     """
     from ray.serve.llm import LLMConfig  # noqa: PLC0415 - several seconds to import: only when asked
 
@@ -78,12 +86,13 @@ def local_llm_config(source: str | None, name: str = "smollm2-135m", *, cpus: in
         source or SMOLLM2,
         LOCAL_CONTEXT,
         tensor_parallel_size=1,
-        max_replicas=1,
+        min_replicas=replicas[0],
+        max_replicas=replicas[1],
         target_ongoing_requests=1,
         max_ongoing_requests=4,
     )
     deployment = deployment_config(knobs)
-    deployment["ray_actor_options"] = {"num_cpus": cpus}
+    deployment["ray_actor_options"] = {"num_cpus": cpus, "resources": dict(resources or {})}
     return LLMConfig(
         model_loading_config={"model_id": name, "model_source": source or SMOLLM2},
         engine_kwargs={"max_model_len": LOCAL_CONTEXT},

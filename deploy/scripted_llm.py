@@ -37,7 +37,7 @@ def _call(name: str, arguments: dict[str, Any]) -> str:
 
 
 def _offered(prompt: str, name: str) -> bool:
-    tools = prompt[: prompt.find("</tools>")] if "</tools>" in prompt else ""
+    tools = prompt[: prompt.rfind("</tools>")] if "</tools>" in prompt else ""
     return f'"name": "{name}"' in tools
 
 

@@ -102,6 +102,33 @@ def constraint_for(spec: RunSpec, step: int) -> dict[str, Any] | None:
     return tool_calls(offered, require=True, single=True)
 
 
+class Deltas:
+    """The model's text as ``delta`` events, for clients watching the run live: pieces are batched and sent
+    at most every ``interval_s`` (and when the turn ends), so a fast stream costs a few writes a second.
+    A resumed step streams again from its start: deltas are a live view, the committed turns the record."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        spec: RunSpec,
+        step: int,
+        clock: Callable[[], float],
+        interval_s: float = 0.1,
+    ) -> None:
+        self._store, self._spec, self._step, self._clock = store, spec, step, clock
+        self._interval, self._pending, self._sent_at = interval_s, "", clock()
+
+    async def add(self, text: str) -> None:
+        self._pending += text
+        if self._pending and self._clock() - self._sent_at >= self._interval:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._pending:
+            text, self._pending, self._sent_at = self._pending, "", self._clock()
+            await self._store.emit(self._spec, "delta", {"step": self._step, "text": text})
+
+
 class Agent:
     """Runs agent runs against one engine, one tool executor and one store."""
 
@@ -208,7 +235,8 @@ class Agent:
         )
         try:
             with self._tracing.chat(spec.model or self._engine.model, spec.thread_id, max_tokens) as span:
-                last = await self._stream(request, parser, dispatch)
+                deltas = Deltas(self._store, spec, ckpt.step, self._clock)
+                last = await self._stream(request, parser, dispatch, deltas)
                 parsed = parser.finish()
                 for event in parser.drain():
                     dispatch.on(event)
@@ -224,16 +252,20 @@ class Agent:
             parsed, results, dispatch.limit, dispatch.repeats, last.finish_reason, *usage, dropped
         )
 
-    async def _stream(self, request: CompletionRequest, parser: StreamParser, dispatch: Dispatch) -> Chunk:
+    async def _stream(
+        self, request: CompletionRequest, parser: StreamParser, dispatch: Dispatch, deltas: Deltas
+    ) -> Chunk:
         last = Chunk()
         async with aclosing(self._engine.stream(request)) as chunks:
             async for chunk in chunks:
                 for event in parser.feed(chunk.text):
                     dispatch.on(event)
+                await deltas.add(chunk.text)
                 if chunk.finish_reason is not None:
                     last = chunk
                 if parser.done:
                     break  # the model wrote a turn-ending marker: whatever follows is not ours to read
+        await deltas.flush()
         return last
 
     def _decide(self, spec: RunSpec, ckpt: Checkpoint, out: ModelTurn) -> Next:

@@ -85,7 +85,11 @@ class ToolExecutor(Protocol):
 def conversation_of(spec: RunSpec) -> str:
     """The conversation a run's tool calls belong to: its tenant's thread, as one opaque directory-safe
     name (so no two tenants' threads can ever share one, whatever their ids)."""
-    digest = hashlib.sha256(f"{spec.tenant}\0{spec.thread_id}".encode()).hexdigest()
+    return conversation_key(spec.tenant, spec.thread_id)
+
+
+def conversation_key(tenant: str, thread_id: str) -> str:
+    digest = hashlib.sha256(f"{tenant}\0{thread_id}".encode()).hexdigest()
     return f"c{digest[:40]}"
 
 

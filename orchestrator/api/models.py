@@ -33,6 +33,8 @@ class RunRequest(_Strict):
     system: str | None = Field(None, max_length=100_000)
     json_schema: dict[str, Any] | None = None
     limits: RunLimits = RunLimits()
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature; 0 is greedy")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Sampling seed, for repeatable runs")
     constrained: bool | None = Field(
         None,
         description="Decode every turn under a grammar so tool calls (and a JSON-mode answer) are valid by "

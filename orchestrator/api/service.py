@@ -18,7 +18,7 @@ from jsonschema.validators import validator_for
 from orchestrator.api.errors import ApiError, not_found
 from orchestrator.api.models import Message, Run, RunList, RunRequest, RunStatus, ThreadMessage, Usage
 from orchestrator.errors import RunNotFoundError
-from orchestrator.ports import Limits, RunSpec
+from orchestrator.ports import Limits, RunSpec, Sampling
 from orchestrator.redis_store import RedisStore
 from orchestrator.runs import first_checkpoint, new_run
 from toolbox.hermes import neutralize, turn
@@ -146,9 +146,16 @@ def _spec(
             constrained=constrained,
             tool_choice=request.tool_choice,
             model=model,
+            sampling=_sampling(request),
         )
     except ValueError as exc:  # a tool_choice naming no offered tool
         raise ApiError(422, "validation_error", f"tool_choice: {exc}") from None
+
+
+def _sampling(request: RunRequest) -> Sampling:
+    default = Sampling()
+    temperature = default.temperature if request.temperature is None else request.temperature
+    return Sampling(temperature=temperature, top_p=default.top_p, seed=request.seed)
 
 
 async def _enqueue(api: Api, spec: RunSpec, talk: _Conversation, model: str) -> None:

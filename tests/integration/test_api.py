@@ -212,6 +212,18 @@ def test_model_constrained_and_tool_choice_reach_the_run_spec(redis_url: str) ->
         plain = http.post("/v1/runs", json={"input": "hi"}, headers=A).json()
         small = http.post(
             "/v1/runs",
+            headers=A,
+            json={
+                "input": "hi",
+                "model": "small",
+                "temperature": 0,
+                "seed": 7,
+                "tools": ["echo"],
+                "tool_choice": ["echo"],
+            },
+        ).json()
+        unused = http.post(
+            "/v1/runs",
             json={"input": "hi", "model": "small", "tools": ["echo"], "tool_choice": ["echo"]},
             headers=A,
         ).json()
@@ -226,6 +238,8 @@ def test_model_constrained_and_tool_choice_reach_the_run_spec(redis_url: str) ->
     specs = {run["id"]: _spec(redis_url, run["id"]) for run in (plain, small, opted_out)}
     assert (specs[plain["id"]]["model"], specs[plain["id"]]["constrained"]) == ("big", False)
     assert specs[small["id"]]["constrained"] is True and specs[small["id"]]["tool_choice"] == ["echo"]
+    assert specs[small["id"]]["sampling"] == {"temperature": 0.0, "top_p": 1.0, "seed": 7}
+    assert specs[plain["id"]]["sampling"]["seed"] is None and unused["model"] == "small"
     assert specs[opted_out["id"]]["constrained"] is False
     assert bad.status_code == 422 and "tool_choice" in bad.json()["error"]["message"]
     assert unknown.status_code == 422 and "huge" in unknown.json()["error"]["message"]

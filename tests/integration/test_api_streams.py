@@ -31,10 +31,15 @@ def test_events_stream_to_the_end_and_resume_after_any_id(client: httpx.Client) 
     run = client.post("/v1/runs", json={"input": "tool hi", "tools": ["echo"]}, headers=A).json()
     # Read while the run goes on: the stream ends by itself after the final event.
     live = _events(client, run["id"])
-    kinds = [frame["event"] for frame in live]
+    kinds = [frame["event"] for frame in live if frame["event"] != "delta"]
     # A call is told as it starts and its result as it ends, before the step that made it is committed.
     assert kinds == ["tool_call", "tool_result", "step", "step", "finished"]
-    call, result = (json.loads(frame["data"]) for frame in live[:2])
+    # The model's text streams as deltas: per step, they add up to exactly what the model wrote.
+    deltas = [json.loads(frame["data"]) for frame in live if frame["event"] == "delta"]
+    said = ["".join(d["text"] for d in deltas if d["step"] == step) for step in (0, 1)]
+    assert said[0].startswith("<tool_call>") and '"tool hi"' in said[0]
+    assert said[1] == "echo: tool hi"
+    call, result = [json.loads(frame["data"]) for frame in live if frame["event"] != "delta"][:2]
     assert (call["name"], call["arguments"], call["call_id"]) == (
         "echo",
         {"text": "tool hi"},

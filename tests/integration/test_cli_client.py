@@ -51,7 +51,11 @@ def test_run_follows_each_tool_call_and_step_to_the_answer(cli: Cli) -> None:
     code, out, err = cli("run", "tool hello", "--tools", "echo")
     assert code == 0, err
     assert out == "echo: tool hello\n"  # the answer alone on stdout
-    lines = err.splitlines()
+    # The model's text streams live (delta events), between the structured progress lines.
+    assert '<tool_call>\n{"name": "echo", "arguments": {"text": "tool hello"}}\n</tool_call>' in err
+    assert "\necho: tool hello\n" in err
+    streamed = ("<tool_call>", "{", "</tool_call>", "echo: ")
+    lines = [line for line in err.splitlines() if not line.startswith(streamed)]
     assert lines[0].startswith("run run_") and "(thread thread_" in lines[0]
     assert lines[1:5] == [
         '  -> echo {"text": "tool hello"}  [call_0_0]',

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from deploy import agent_demo
+from deploy.demo_tools import demo_registry, narrowed
 from orchestrator.engines import LocalEngine
 from orchestrator.local_model import LocalModel
 from toolbox.hermes import validate
@@ -37,7 +38,7 @@ def test_a_two_step_tool_run_with_the_real_model(tmp_path: Path, monkeypatch: py
         {"action": "write", "path": "result.txt", "content": "391"},
         True,
     )
-    offered = [agent_demo.narrowed(spec) for spec in agent_demo.demo_registry().specs()]
+    offered = [narrowed(spec) for spec in demo_registry().specs()]
     assert validate(compute[0], offered) is None and validate(call, offered) is None
     # The file is in the conversation's scratch directory, written by the sandboxed tool.
     assert result.scratch.parent == tmp_path

@@ -185,7 +185,7 @@ def llm_deployment(model: ModelConfig) -> Application:
         },
         "placement_group_config": {
             "strategy": p.strategy,
-            "bundle_per_worker": {"GPU": 1, model.ray_resource: 1},
+            "bundle_per_worker": {"GPU": 1, str(model.resource): 1},
         },
         "deployment_config": serving,
     }
@@ -203,7 +203,7 @@ def _local_deployment(model: ModelConfig) -> Application:
     from deploy.local_llm import LocalLLMEngine, local_llm_config  # noqa: PLC0415 - imports torch
 
     # A CPU model needs no GPU group: it is pinned to a Ray resource only when one is configured.
-    pinned = {model.ray_resource: 1.0} if "ray_resource" in model.model_fields_set else {}
+    pinned = {model.resource: 1.0} if model.resource else {}
     config = local_llm_config(
         model.model_source,
         model.served_name,

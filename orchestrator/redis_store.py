@@ -280,6 +280,7 @@ class RedisStore:
         keys = Keys.of(spec.tenant, spec.run_id)
         fields = {
             "status": "finished",
+            "finished_at": repr(time.time()),
             "stop_reason": outcome.stop_reason,
             "output": outcome.output,
             "value": json.dumps(outcome.value),
@@ -293,7 +294,9 @@ class RedisStore:
         """Record that the run failed through no fault of the model's."""
         keys = Keys.of(spec.tenant, spec.run_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.run, mapping={"status": "failed", "error": error})
+            pipe.hset(
+                keys.run, mapping={"status": "failed", "error": error, "finished_at": repr(time.time())}
+            )
             pipe.xadd(keys.events, _event("failed", {"error": error}), maxlen=EVENTS_MAXLEN, approximate=True)
             for key in (keys.run, keys.events):
                 pipe.expire(key, self._ttl)

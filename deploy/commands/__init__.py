@@ -7,13 +7,14 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from deploy.commands import client, demo, doctor, presets, tool
+from deploy.commands import client, demo, doctor, presets, serve, tool
 
 Register = Callable[["argparse._SubParsersAction[Any]"], None]
 
 #: Every command group, in the order ``caduceus --help`` lists them.
 COMMANDS: list[Register] = [
     demo.register,
+    serve.register,
     client.register,
     presets.register,
     tool.register,

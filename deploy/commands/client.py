@@ -115,19 +115,24 @@ def _run(client: ApiClient, args: argparse.Namespace) -> int:
     if not args.follow:
         _show_run(run, args.json, f"{run['id']} {run['status']}")
         return 0
-    progress = Progress(sys.stdout, sys.stderr)
-    progress.started(run)
     try:
-        for event in client.events(run["id"]):
-            progress.event(event)
+        done = follow(client, run, Progress(sys.stdout, sys.stderr), answer=not args.json)
     except KeyboardInterrupt:
         print(f"\nthe run goes on; stop it with `caduceus runs cancel {run['id']}`", file=sys.stderr)
         raise
-    done = client.get(f"/v1/runs/{run['id']}")
-    progress.finished(done, answer=not args.json)
     if args.json:
         _print_json(done)
     return 0 if done["status"] == "completed" else 1
+
+
+def follow(client: ApiClient, run: dict[str, Any], progress: Progress, *, answer: bool = True) -> Any:
+    """Show ``run`` live until it ends (its events, reconnecting as needed); return its final state."""
+    progress.started(run)
+    for event in client.events(run["id"]):
+        progress.event(event)
+    done = client.get(f"/v1/runs/{run['id']}")
+    progress.finished(done, answer=answer)
+    return done
 
 
 def _list(client: ApiClient, args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ class Message(_Strict):
 class RunLimits(_Strict):
     max_steps: int | None = Field(None, ge=1, le=1000)
     deadline_s: float | None = Field(None, gt=0, le=24 * 3600)
+    max_tokens: int | None = Field(None, ge=1, le=32_768, description="Most tokens per model turn")
 
 
 class RunRequest(_Strict):
@@ -60,6 +61,7 @@ class Run(BaseModel):
     thread_id: str
     model: str
     created_at: float
+    finished_at: float | None = None
     stop_reason: str | None = None
     output: str | None = None
     value: Any = None

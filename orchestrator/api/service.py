@@ -200,6 +200,7 @@ def run_view(spec: RunSpec, record: Mapping[str, str]) -> Run:
         thread_id=spec.thread_id,
         model=record.get("model", ""),
         created_at=float(record.get("created_at", 0)),
+        finished_at=float(record["finished_at"]) if record.get("finished_at") else None,
         stop_reason=record.get("stop_reason"),
         output=record.get("output"),
         value=json.loads(record.get("value", "null")),

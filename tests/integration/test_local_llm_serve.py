@@ -1,29 +1,29 @@
 """The local model on Ray Serve LLM's production serving path: an LLMServer deployment whose engine is
 ``deploy.local_llm.LocalLLMEngine`` (SmolLM2-135M on one CPU), on a local Ray with no GPU at all.
 
-The replica loads the model once for the module (~20 s); every request goes through the deployment
-handle, as the OpenAI ingress sends it: vLLM's ``CompletionRequest``, streamed or not.
+The replica loads the model once for the module (~20 s), as the one model of the whole service
+(``deploy.app.build_app``) on the session's Ray cluster. The engine tests send vLLM's
+``CompletionRequest`` through the deployment handle, streamed or not, as the orchestrator does; the service
+tests run the demo task over REST, through the orchestrator and the sandboxed tool workers.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
-import ray
 from ray import serve
-from ray.serve.llm import build_llm_deployment
 from ray.serve.llm.openai_api_models import CompletionRequest, CompletionResponse, ErrorResponse
 from ray.util import placement_group_table
 
-from deploy.local_llm import LocalLLMEngine, local_llm_config
+from deploy import service_demo
+from deploy.app import LLM_PREFIX, build_app
 from orchestrator.local_model import smollm2_path
+from tests.integration.ray_cluster import KEYS_ENV, REDIS_ENV, RayTestCluster
 from toolbox.hermes import STOP, parse, render_prompt, validate
 from toolbox.hermes.constraint import json_answer, tool_calls
 from toolbox.protocol import UserMessage
@@ -31,6 +31,7 @@ from toolbox.schema import tool_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 NAME = "smollm2-135m"
+APP = "caduceus-local"
 
 
 def multiply(a: int, b: int) -> int:
@@ -60,26 +61,22 @@ COUNT = render_prompt([UserMessage("Count from 1 to 1000, separated by commas.")
 
 
 @pytest.fixture(scope="module")
-def handle() -> Iterator[Any]:
-    # A short private temp dir (Ray's socket paths must stay short) and no token auth for a test cluster.
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    saved = {key: os.environ.get(key) for key in ("RAY_TMPDIR", "RAY_AUTH_MODE")}
-    os.environ.update(RAY_TMPDIR=temp, RAY_AUTH_MODE="disabled")
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False)
+def service(ray_cluster: RayTestCluster) -> Iterator[httpx.Client]:
+    """The whole service (``build_app``) with the local model as its one LLM deployment, on the session's
+    Ray cluster: the engine tests below call the deployment's handle, the service tests go over REST."""
+    config = service_demo.demo_config(None, scripted=False).model_dump(mode="json")
+    config |= {"redis": {"url_env": REDIS_ENV}, "api_keys_env": KEYS_ENV}
+    serve.run(build_app(config), name=APP, route_prefix="/")
     try:
-        serve.start(proxy_location="Disabled")  # handles only: no HTTP port to collide with
-        app = build_llm_deployment(local_llm_config(None), bind_kwargs={"engine_cls": LocalLLMEngine})
-        serve.run(app, name=NAME, route_prefix=None)
-        yield serve.get_app_handle(NAME)
+        with httpx.Client(base_url=ray_cluster.url, timeout=60) as client:
+            yield client
     finally:
-        serve.shutdown()
-        ray.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        shutil.rmtree(temp, ignore_errors=True)
+        serve.delete(APP)
+
+
+@pytest.fixture(scope="module")
+def handle(service: httpx.Client) -> Any:
+    return serve.get_deployment_handle(f"{LLM_PREFIX}{NAME}", app_name=APP)
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +109,11 @@ def whole(handle: Any, req: CompletionRequest) -> Any:
 
 
 def test_the_replica_reserves_one_cpu_and_no_gpu(handle: Any) -> None:
-    groups = [g for g in placement_group_table().values() if g["state"] == "CREATED"]
+    groups = [
+        g for g in placement_group_table().values() if g["state"] == "CREATED" and NAME in str(g["name"])
+    ]
+    # One bundle: the replica's own CPU; no GPU although the cluster has sixteen.
     assert [group["bundles"] for group in groups] == [{0: {"CPU": 1.0}}]
-    assert ray.available_resources().get("GPU", 0) == 0
 
 
 def test_a_constrained_greedy_call_streams_with_usage_and_repeats(handle: Any, tokens: Any) -> None:
@@ -163,3 +162,43 @@ def test_a_consumer_that_stops_reading_stops_the_generation(handle: Any) -> None
     started = time.monotonic()
     assert whole(handle, request(STORY, 4)).choices[0].finish_reason == "length"
     assert time.monotonic() - started < 30  # the replica's one generation slot was free again
+
+
+def _run(service: httpx.Client) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    headers = {"Authorization": "Bearer key-a"}
+    created = service.post("/v1/runs", json=service_demo.request(), headers=headers)
+    assert created.status_code == 202, created.text
+    run_id = created.json()["id"]
+    for _ in range(2400):
+        run: dict[str, Any] = service.get(f"/v1/runs/{run_id}", headers=headers).json()
+        if run["status"] not in ("queued", "in_progress"):
+            break
+        time.sleep(0.1)
+    thread = service.get(f"/v1/threads/{run['thread_id']}/messages", headers=headers).json()["data"]
+    return run, thread
+
+
+def test_the_real_model_completes_the_two_step_task_through_the_service(service: httpx.Client) -> None:
+    run, thread = _run(service)
+    assert (run["status"], run["stop_reason"], run["steps"]) == ("completed", "answer", 3), run
+    calls = [call for m in thread if m["role"] == "assistant" for call in parse(m["content"]).tool_calls]
+    assert [call.name for call in calls] == ["calculator", "files"]
+    # Valid by construction: each call's arguments match the offered (narrowed) schema, and both tools ran.
+    offered = {
+        tool["name"]: tool
+        for tool in service.get("/v1/tools", headers={"Authorization": "Bearer key-a"}).json()["data"]
+    }
+    for call in calls:
+        assert validate(call, {call.name: _spec(offered[call.name])}) is None
+    results = [m["content"] for m in thread if m["role"] == "tool"]
+    assert len(results) == 2 and all('"error"' not in result for result in results), results
+    # Greedy and constrained: the same task gives the same run, token for token.
+    again, replay = _run(service)
+    assert [m["content"] for m in replay] == [m["content"] for m in thread]
+    assert again["output"] == run["output"]
+
+
+def _spec(tool: dict[str, Any]) -> Any:
+    from toolbox.protocol import ToolSpec  # noqa: PLC0415
+
+    return ToolSpec(tool["name"], tool["description"], tool["parameters"])

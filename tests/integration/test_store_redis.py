@@ -272,7 +272,8 @@ def test_tool_events_tell_each_call_with_its_arguments_and_result(redis_url: str
         executor = FunctionExecutor({"incr": lambda n: {"n": n} if n < 100 else 1 / 0})
         await Agent(ScriptedEngine(counting_script(1)), executor, store).run(spec, ckpt)
         events = await store.events(spec.tenant, spec.run_id)
-        calls = [e.data for e in events if e.kind == "tool_call"]
+        # Calls run concurrently: their start events come in whichever order Redis took them.
+        calls = sorted((e.data for e in events if e.kind == "tool_call"), key=lambda c: c["arguments"]["n"])
         results = {e.data["call_id"]: e.data for e in events if e.kind == "tool_result"}
         assert [(c["name"], c["arguments"]) for c in calls] == [("incr", {"n": 0}), ("incr", {"n": 100})]
         first, second = (results[c["call_id"]] for c in calls)

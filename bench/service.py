@@ -9,11 +9,13 @@ sandbox), then answers: three model turns and two tool calls. Measured, from the
 - p50/p99 run latency: each run's ``finished_at - created_at`` (the API stamps both);
 - the share of the runs' wall time spent outside the model and the tools: every step records how long
   its model stream took and how long the step then waited for its tool calls (``model_s``, ``tools_s``);
-  the rest of a run's latency is queueing, the loop, Redis and the network between the parts.
+  the rest of a run's latency is queueing, the loop, Redis and the network between the parts. The tool
+  wait includes the call's trip to the tool workers and its wait for a sandbox; so the same load is run
+  again without tools (one model turn per run), where everything but the model is the service's own.
 
     python bench/service.py [--runs 200] [--ttft 0.1] [--per-token 0.013]
 
-Last line: ``RESULT {"runs_per_s", "p50_s", "p99_s", "outside_share", ...}``.
+Last line: ``RESULT {"runs_per_s", "p50_s", "p99_s", "outside_share", ..., "outside_share_no_tools"}``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from deploy.config import load_config
 from deploy.local_service import LOCAL_TENANT, local_service
 
 TASK = {"input": "Compute 17 * 23 and store the result.", "tools": ["calculator", "files"], "temperature": 0}
+#: The same load without tools: one model turn per run, so nothing but the model and the service itself.
+CHAT = {"input": "Say hello.", "temperature": 0}
 
 
 def _config(ttft: float, per_token: float, runs: int) -> Any:
@@ -47,6 +51,7 @@ def _config(ttft: float, per_token: float, runs: int) -> Any:
             "models": [model],
             "orchestrator": {"max_concurrent_runs": max(64, runs)},
             "tool_workers": {"max_concurrent_calls": 64},
+            "api": {"rate_per_s": 10_000, "burst": 10_000},  # one key drives the whole load
         },
         source="bench",
     )
@@ -59,8 +64,8 @@ def _port() -> int:
         return port
 
 
-async def _submit(client: httpx.AsyncClient, n: int) -> str:
-    response = await client.post("/v1/runs", json=TASK)
+async def _submit(client: httpx.AsyncClient, task: dict[str, Any]) -> str:
+    response = await client.post("/v1/runs", json=task)
     response.raise_for_status()
     run_id: str = response.json()["id"]
     return run_id
@@ -73,7 +78,9 @@ async def _wait_all(client: httpx.AsyncClient, ids: list[str], timeout_s: float)
     while pending and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
         for run_id in list(pending)[:100]:
-            run = (await client.get(f"/v1/runs/{run_id}")).json()
+            response = await client.get(f"/v1/runs/{run_id}")
+            response.raise_for_status()
+            run = response.json()
             if run["status"] not in ("queued", "in_progress"):
                 done[run_id] = run
                 pending.discard(run_id)
@@ -88,12 +95,20 @@ async def _steps(redis: Redis, run_id: str) -> list[dict[str, Any]]:
 
 
 async def _measure(url: str, key: str, redis_url: str, runs: int) -> dict[str, Any]:
+    """The tool task (the headline figures), then the same load without tools (``*_no_tools``)."""
     headers = {"Authorization": f"Bearer {key}"}
     limits = httpx.Limits(max_connections=runs + 10)
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120, limits=limits) as client:
-        await _wait_all(client, [await _submit(client, 0)], 300)  # warm: replicas, sandboxes, routers
-        ids = await asyncio.gather(*(_submit(client, n) for n in range(runs)))
-        finished = await _wait_all(client, list(ids), 900)
+        await _wait_all(client, [await _submit(client, TASK)], 300)  # warm: replicas, sandboxes, routers
+        result = await _load(client, redis_url, TASK, runs)
+        chat = await _load(client, redis_url, CHAT, runs)
+    keep = ("runs_per_s", "p50_s", "p99_s", "outside_s_per_run", "outside_share")
+    return result | {f"{name}_no_tools": chat[name] for name in keep}
+
+
+async def _load(client: httpx.AsyncClient, redis_url: str, task: dict[str, Any], runs: int) -> dict[str, Any]:
+    ids = await asyncio.gather(*(_submit(client, task) for _ in range(runs)))
+    finished = await _wait_all(client, list(ids), 900)
     redis = Redis.from_url(redis_url)
     try:
         steps = {run["id"]: await _steps(redis, run["id"]) for run in finished}

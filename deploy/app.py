@@ -155,6 +155,8 @@ class _Api:
             models=config.model_names,
             limits=dataclasses.replace(Limits(), context_window=window),
             constrained_models=[m.served_name for m in config.models if m.constrained_by_default],
+            rate_per_s=config.api.rate_per_s,
+            burst=config.api.burst,
         )
 
 

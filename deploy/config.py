@@ -47,7 +47,11 @@ class Replicas(_Strict):
 
 
 class ApiConfig(_Strict):
+    """``rate_per_s`` and ``burst``: each API key's token bucket, per API replica."""
+
     ray_resource: str = Field("caduceus-api", min_length=1)
+    rate_per_s: float = Field(20.0, gt=0)
+    burst: int = Field(40, ge=1)
 
 
 class ScriptedLatency(_Strict):

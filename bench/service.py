@@ -66,7 +66,8 @@ def _port() -> int:
 
 async def _submit(client: httpx.AsyncClient, task: dict[str, Any]) -> str:
     response = await client.post("/v1/runs", json=task)
-    response.raise_for_status()
+    if response.status_code != 202:
+        raise SystemExit(f"submitting a run: HTTP {response.status_code}: {response.text[:500]}")
     run_id: str = response.json()["id"]
     return run_id
 

@@ -41,7 +41,7 @@ from orchestrator.api.auth import parse_api_keys
 from orchestrator.engines import ModelRouter
 from orchestrator.loop import Agent
 from orchestrator.ports import Limits
-from orchestrator.redis_store import RedisStore, RunQueue
+from orchestrator.redis_store import RedisStore, RunQueue, connect
 from orchestrator.worker import Worker
 from toolbox.protocol import ToolCall, ToolResult, ToolSpec
 from workers.executor import Executor
@@ -64,7 +64,7 @@ def _env(name: str | None, what: str) -> str | None:
 def _redis(config: ServiceConfig) -> Redis:
     url = _env(config.redis.url_env, "redis.url_env")
     password = _env(config.redis.password_env, "redis.password_env")
-    return Redis.from_url(str(url), password=password)
+    return connect(str(url), password=password)
 
 
 def _pinned(resource: str, replicas: int | None = None, **options: Any) -> dict[str, Any]:
@@ -230,7 +230,9 @@ def build_app(args: Mapping[str, Any] | None = None) -> Application:
     orchestrator = Orchestrator.options(
         **_pinned(config.orchestrator.ray_resource, max(1, config.orchestrator.replicas.min))
     ).bind(config.model_dump(mode="json"), llms, tools)
-    return Api.options(**_pinned(config.api.ray_resource, 1)).bind(
+    # The API is async and holds event streams open for as long as clients watch: Serve's default of five
+    # requests at a time per replica would let five watchers block everyone else.
+    return Api.options(**_pinned(config.api.ray_resource, 1, max_ongoing_requests=1000)).bind(
         config.model_dump(mode="json"), orchestrator, tools
     )
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from pydantic import TypeAdapter
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, ResponseError, WatchError
 from redis.typing import EncodableT, FieldT
@@ -194,6 +194,16 @@ class _Batcher:
 
 # Flush tasks are kept referenced until done, so that the event loop cannot drop one half-way.
 _IN_FLIGHT: set[asyncio.Task[None]] = set()
+
+
+def connect(url: str, *, password: str | None = None, max_connections: int = 64) -> Redis:
+    """A client for a service process: at most ``max_connections`` to Redis, and a request that finds
+    them all busy waits (up to 30 s) for one instead of failing: a burst of requests queues, it does not
+    turn into 503s (redis-py's default pool raises "Too many connections" past its limit)."""
+    pool = BlockingConnectionPool.from_url(
+        url, password=password, max_connections=max_connections, timeout=30
+    )
+    return Redis.from_pool(pool)  # the client owns the pool: closing it closes the connections
 
 
 class RedisStore:

@@ -16,13 +16,12 @@ from typing import Any
 
 import httpx
 import uvicorn
-from redis.asyncio import Redis
 
 from orchestrator.api import create_app
 from orchestrator.engines import ScriptedEngine
 from orchestrator.loop import Agent
 from orchestrator.memory import FunctionExecutor
-from orchestrator.redis_store import RedisStore, RunQueue
+from orchestrator.redis_store import RedisStore, RunQueue, connect
 from orchestrator.worker import Worker
 from toolbox.protocol import ToolSpec
 
@@ -81,7 +80,7 @@ class Service:
 
     async def _main(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        api_redis, worker_redis = Redis.from_url(self._redis_url), Redis.from_url(self._redis_url)
+        api_redis, worker_redis = connect(self._redis_url), connect(self._redis_url)
         app = create_app(RedisStore(api_redis), keys=KEYS, tools=[ECHO, PAUSE], **self._options)
         port = int(self.url.rsplit(":", 1)[1])
         config = uvicorn.Config(

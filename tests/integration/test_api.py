@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -10,7 +11,7 @@ import httpx
 import pytest
 import redis
 
-from tests.integration.conftest_api import A, B, api_client, free_port, wait_for
+from tests.integration.conftest_api import A, B, Service, api_client, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -254,3 +255,17 @@ def _spec(redis_url: str, run_id: str) -> dict[str, Any]:
         return spec
     finally:
         client.close()
+
+
+def test_a_burst_of_submissions_queues_for_redis_connections_instead_of_failing(redis_url: str) -> None:
+    async def burst(url: str) -> set[int]:
+        limits = httpx.Limits(max_connections=250)
+        async with httpx.AsyncClient(base_url=url, headers=A, limits=limits, timeout=60) as client:
+            responses = await asyncio.gather(
+                *(client.post("/v1/runs", json={"input": "hi"}) for _ in range(200))
+            )
+        return {response.status_code for response in responses}
+
+    # More concurrent requests than the API's Redis connections (64): they wait their turn, none is a 503.
+    with Service(redis_url, worker=False, rate_per_s=10_000, burst=10_000).running() as service:
+        assert asyncio.run(burst(service.url)) == {202}

@@ -73,21 +73,34 @@ async def _submit(client: httpx.AsyncClient, task: dict[str, Any]) -> str:
 
 
 async def _wait_all(client: httpx.AsyncClient, ids: list[str], timeout_s: float) -> list[dict[str, Any]]:
-    """Every run once finished, read in pages of the run list (cheap, whatever the number of runs)."""
+    """Every run once finished, read in pages of the run list: a few requests a second whatever the number
+    of runs, so that watching the load adds next to none to it."""
     pending, done = set(ids), {}
     deadline = time.monotonic() + timeout_s
     while pending and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
-        for run_id in list(pending)[:100]:
-            response = await client.get(f"/v1/runs/{run_id}")
-            response.raise_for_status()
-            run = response.json()
-            if run["status"] not in ("queued", "in_progress"):
-                done[run_id] = run
-                pending.discard(run_id)
+        for run in await _listed(client, len(ids)):
+            if run["id"] in pending and run["status"] not in ("queued", "in_progress"):
+                done[run["id"]] = run
+                pending.discard(run["id"])
     if pending:
         raise SystemExit(f"{len(pending)} runs did not finish within {timeout_s:.0f} s")
     return [done[run_id] for run_id in ids]
+
+
+async def _listed(client: httpx.AsyncClient, newest: int) -> list[dict[str, Any]]:
+    runs: list[dict[str, Any]] = []
+    after: str | None = None
+    while len(runs) < newest:
+        params: dict[str, Any] = {"limit": 100, **({"after": after} if after else {})}
+        response = await client.get("/v1/runs", params=params)
+        response.raise_for_status()
+        page = response.json()
+        runs += page["data"]
+        if not page["has_more"] or not page["data"]:
+            break
+        after = page["data"][-1]["id"]
+    return runs
 
 
 async def _steps(redis: Redis, run_id: str) -> list[dict[str, Any]]:

@@ -106,7 +106,8 @@ def constraint_for(spec: RunSpec, step: int) -> dict[str, Any] | None:
 
 class Deltas:
     """The model's text as ``delta`` events, for clients watching the run live: pieces are batched and sent
-    at most every ``interval_s`` (and when the turn ends), so a fast stream costs a few writes a second.
+    at most every ``interval_s`` (and when the turn ends, and before a call is told), so a fast stream
+    costs a few writes a second.
     A resumed step streams again from its start: deltas are a live view, the committed turns the record."""
 
     def __init__(
@@ -115,7 +116,7 @@ class Deltas:
         spec: RunSpec,
         step: int,
         clock: Callable[[], float],
-        interval_s: float = 0.1,
+        interval_s: float = 0.2,
     ) -> None:
         self._store, self._spec, self._step, self._clock = store, spec, step, clock
         self._interval, self._pending, self._sent_at = interval_s, "", clock()

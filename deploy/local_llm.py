@@ -29,8 +29,7 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
-from ray.llm._internal.serve.core.engine.protocol import LLMEngine
-
+from deploy.llm_engine_base import CompletionsOnlyEngine
 from deploy.presets import Preset, deployment_config
 from orchestrator.engines.local import LocalEngine
 from orchestrator.local_model import LocalModel
@@ -104,8 +103,10 @@ def local_llm_config(
     )
 
 
-class LocalLLMEngine(LLMEngine):  # type: ignore[misc]
+class LocalLLMEngine(CompletionsOnlyEngine):
     """Ray Serve LLM's engine protocol on ``LocalEngine`` (completions only)."""
+
+    kind = "local"
 
     def __init__(self, llm_config: Any) -> None:
         self._name = str(llm_config.model_id)
@@ -144,27 +145,6 @@ class LocalLLMEngine(LLMEngine):  # type: ignore[misc]
         if self._model is None or self._engine is None:
             raise LocalLLMError(f"{self._name}: no model: {self._failure}")
         return self._model, self._engine
-
-    def routing_stats(self) -> dict[str, Any]:
-        return {}
-
-    async def resolve_lora(self, lora_model: Any) -> None:
-        raise NotImplementedError("the local engine has no LoRA adapters")
-
-    async def reset_prefix_cache(self) -> None:
-        return None  # every request starts from an empty KV cache
-
-    async def chat(self, request: Any, raw_request_info: Any = None) -> AsyncGenerator[Any, None]:
-        raise NotImplementedError("the local engine serves raw completions only")
-        yield  # pragma: no cover - makes this an async generator
-
-    async def embeddings(self, request: Any, raw_request_info: Any = None) -> AsyncGenerator[Any, None]:
-        raise NotImplementedError("the local engine serves raw completions only")
-        yield  # pragma: no cover
-
-    async def transcriptions(self, request: Any, raw_request_info: Any = None) -> AsyncGenerator[Any, None]:
-        raise NotImplementedError("the local engine serves raw completions only")
-        yield  # pragma: no cover
 
     async def completions(self, request: Any, raw_request_info: Any = None) -> AsyncGenerator[Any, None]:
         _, engine = self._loaded()

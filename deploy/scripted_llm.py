@@ -21,8 +21,7 @@ import uuid
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from ray.llm._internal.serve.core.engine.protocol import LLMEngine
-
+from deploy.llm_engine_base import CompletionsOnlyEngine
 from orchestrator.engines.scripted import Latency, ScriptedEngine
 from orchestrator.ports import Chunk, CompletionRequest, Sampling
 from toolbox.hermes import STOP
@@ -63,8 +62,10 @@ def scripted_reply(prompt: str, replica: str) -> str:
     return tag + f"{EXPRESSION} = {result}; I computed it with the calculator{stored}."
 
 
-class ScriptedLLMEngine(LLMEngine):  # type: ignore[misc]
+class ScriptedLLMEngine(CompletionsOnlyEngine):
     """Ray Serve LLM's engine protocol, answered from a script (completions only; no GPU, no weights)."""
+
+    kind = "scripted"
 
     def __init__(self, llm_config: Any) -> None:
         self._model = str(llm_config.model_id)
@@ -77,27 +78,6 @@ class ScriptedLLMEngine(LLMEngine):  # type: ignore[misc]
 
     async def check_health(self) -> None:
         return None
-
-    def routing_stats(self) -> dict[str, Any]:
-        return {}
-
-    async def resolve_lora(self, lora_model: Any) -> None:
-        raise NotImplementedError("the scripted engine has no LoRA adapters")
-
-    async def reset_prefix_cache(self) -> None:
-        return None
-
-    async def chat(self, request: Any, raw_request_info: Any = None) -> AsyncGenerator[Any, None]:
-        raise NotImplementedError("the scripted engine serves raw completions only")
-        yield  # pragma: no cover - makes this an async generator
-
-    async def embeddings(self, request: Any, raw_request_info: Any = None) -> AsyncGenerator[Any, None]:
-        raise NotImplementedError("the scripted engine serves raw completions only")
-        yield  # pragma: no cover
-
-    async def transcriptions(self, request: Any, raw_request_info: Any = None) -> AsyncGenerator[Any, None]:
-        raise NotImplementedError("the scripted engine serves raw completions only")
-        yield  # pragma: no cover
 
     async def completions(self, request: Any, raw_request_info: Any = None) -> AsyncGenerator[Any, None]:
         prompt = request.prompt if isinstance(request.prompt, str) else "".join(map(str, request.prompt))

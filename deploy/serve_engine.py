@@ -20,7 +20,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.llm.openai_api_models import CompletionRequest as LLMCompletionRequest
 from ray.serve.llm.openai_api_models import ErrorResponse
 
-from orchestrator.engines.openai import DONE, CompletionEvents, raise_for, structured_outputs
+from orchestrator.engines.openai import DONE, CompletionEvents, completion_body, raise_for
 from orchestrator.errors import EngineError
 from orchestrator.ports import Chunk, CompletionRequest
 from orchestrator.tracing import carrier
@@ -28,21 +28,7 @@ from orchestrator.tracing import carrier
 
 def llm_request(model: str, request: CompletionRequest) -> Any:
     """The Ray Serve LLM (vLLM) completions request for one of the orchestrator's."""
-    body: dict[str, Any] = {
-        "model": model,
-        "prompt": request.prompt,
-        "max_tokens": request.max_tokens,
-        "temperature": request.sampling.temperature,
-        "top_p": request.sampling.top_p,
-        "stop": list(request.stop),
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        "skip_special_tokens": False,
-        **structured_outputs(request),
-    }
-    if request.sampling.seed is not None:
-        body["seed"] = request.sampling.seed
-    return LLMCompletionRequest(**body)
+    return LLMCompletionRequest(**completion_body(model, request, {"skip_special_tokens": False}))
 
 
 class ServeLLMEngine:

@@ -54,21 +54,7 @@ class OpenAICompletionsEngine:
         await self._client.aclose()
 
     def _body(self, request: CompletionRequest) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": self._model,
-            "prompt": request.prompt,
-            "max_tokens": request.max_tokens,
-            "temperature": request.sampling.temperature,
-            "top_p": request.sampling.top_p,
-            "stop": list(request.stop),
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            **self._extra,
-        }
-        if request.sampling.seed is not None:
-            body["seed"] = request.sampling.seed
-        body.update(structured_outputs(request))
-        return body
+        return completion_body(self._model, request, self._extra)
 
     async def stream(self, request: CompletionRequest) -> AsyncGenerator[Chunk, None]:
         # The trace context travels with the call, so the serving side's spans join the run's trace.
@@ -85,6 +71,25 @@ class OpenAICompletionsEngine:
                     yield chunk
         except httpx.HTTPError as exc:
             raise EngineError(f"{self._model}: {type(exc).__name__}: {exc}") from exc
+
+
+def completion_body(model: str, request: CompletionRequest, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The streamed OpenAI completions body for ``request`` (``extra``: server-specific options)."""
+    body: dict[str, Any] = {
+        "model": model,
+        "prompt": request.prompt,
+        "max_tokens": request.max_tokens,
+        "temperature": request.sampling.temperature,
+        "top_p": request.sampling.top_p,
+        "stop": list(request.stop),
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **extra,
+    }
+    if request.sampling.seed is not None:
+        body["seed"] = request.sampling.seed
+    body.update(structured_outputs(request))
+    return body
 
 
 def structured_outputs(request: CompletionRequest) -> dict[str, Any]:

@@ -53,9 +53,9 @@ class Worker:
             return
         stale = await self._queue.claim_stale(room)
         fresh = await self._queue.take(room - len(stale), block_ms=100) if len(stale) < room else []
-        for claim in stale + fresh:
-            if claim.entry not in self._active:
-                await self._start(claim, taken_over=claim in stale)
+        # Started together: a burst of runs waits for one round of Redis calls, not one per run.
+        starting = [claim for claim in stale + fresh if claim.entry not in self._active]
+        await asyncio.gather(*(self._start(claim, taken_over=claim in stale) for claim in starting))
 
     async def _start(self, claim: Claim, *, taken_over: bool) -> None:
         if not await self._queue.acquire(claim):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from deploy.config import ServiceConfig
 from deploy.local_redis import redis_url
 from deploy.presets import PRESETS
+from workers.sandbox import scratch_root
 
 APP_NAME = "caduceus"
 LOCAL_TENANT = "local"
@@ -66,8 +67,8 @@ def local_service(
                 config.api_keys_env: os.environ.get(config.api_keys_env) or f"{key}={LOCAL_TENANT}",
                 "RAY_TMPDIR": temp,
                 "RAY_AUTH_MODE": "disabled",
-                "CADUCEUS_SCRATCH_ROOT": os.environ.get("CADUCEUS_SCRATCH_ROOT")
-                or os.path.join(temp, "scratch"),
+                # Kept after the service stops (the files tool's output is the user's): the usual place.
+                "CADUCEUS_SCRATCH_ROOT": str(scratch_root()),
                 "TQDM_DISABLE": "1",
             }
             saved = {name: os.environ.get(name) for name in env}

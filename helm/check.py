@@ -50,11 +50,31 @@ def helm(binary: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([binary, *args], capture_output=True, text=True, check=False)
 
 
+CRD_BESIDE = Path("shared/kuberay/ray.io_rayservices.yaml")
+
+
+def find_crd() -> Path:
+    """KubeRay's CRD in ``shared/`` beside this checkout, or else beside the repository it was cloned from
+    (a local clone, as CI's clean-clone check makes, lives wherever it was put)."""
+    root = Path(__file__).resolve().parent.parent
+    candidates = [root.parent / CRD_BESIDE]
+    origin = subprocess.run(
+        ["git", "-C", str(root), "config", "--get", "remote.origin.url"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if origin and Path(origin).is_dir():
+        candidates.append(Path(origin).resolve().parent / CRD_BESIDE)
+    return next((path for path in candidates if path.is_file()), candidates[0])
+
+
 def load_crd_validator(path: Path) -> Validator:
     if not path.is_file():
         raise CheckError(
             f"KubeRay's RayService CRD was not found at {path}. Put KubeRay v1.7.0's "
-            "ray.io_rayservices.yaml there (../shared/kuberay/ beside the clone) or name it: "
+            "ray.io_rayservices.yaml there (shared/kuberay/ beside the clone, or beside the repository it "
+            "was cloned from) or name it: "
             "make helm-check KUBERAY_CRD=/path/to/ray.io_rayservices.yaml"
         )
     crd = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
@@ -258,7 +278,7 @@ def run_checks(binary: str, crd: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--helm", default=".tools/helm", help="the helm binary")
-    parser.add_argument("--crd", type=Path, default=Path("../shared/kuberay/ray.io_rayservices.yaml"))
+    parser.add_argument("--crd", type=Path, default=None, help="KubeRay's RayService CRD (default: found)")
     parser.add_argument("--write-readme", action="store_true", help="regenerate the README's values table")
     options = parser.parse_args()
     started = time.monotonic()
@@ -267,7 +287,7 @@ def main() -> int:
             readme = CHART / "README.md"
             readme.write_text(readme_with_table(readme.read_text(encoding="utf-8")), encoding="utf-8")
             return 0
-        run_checks(options.helm, options.crd)
+        run_checks(options.helm, options.crd or find_crd())
     except CheckError as err:
         print(f"FAIL {err}", file=sys.stderr)
         return 1

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
 import time
 from typing import Any
@@ -32,6 +31,7 @@ import httpx
 from redis.asyncio import Redis
 
 from deploy.config import load_config
+from deploy.local_redis import free_port
 from deploy.local_service import LOCAL_TENANT, local_service
 
 TASK = {"input": "Compute 17 * 23 and store the result.", "tools": ["calculator", "files"], "temperature": 0}
@@ -55,13 +55,6 @@ def _config(ttft: float, per_token: float, runs: int) -> Any:
         },
         source="bench",
     )
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def _submit(client: httpx.AsyncClient, task: dict[str, Any]) -> str:
@@ -165,7 +158,7 @@ def main() -> None:
     print(
         f"starting the service (scripted 70B: {args.ttft} s TTFT, {args.per_token} s/token) ...", flush=True
     )
-    with local_service(config, port=_port()) as service:
+    with local_service(config, port=free_port()) as service:
         print(f"up in {service.seconds_to_start:.0f} s; {args.runs} concurrent runs ...", flush=True)
         result = asyncio.run(_measure(service.url, service.api_key, service.redis_url, args.runs))
     result |= {"ttft_s": args.ttft, "per_token_s": args.per_token}

@@ -33,6 +33,7 @@ from redis.asyncio import Redis
 
 from deploy.config import ConfigError, ModelConfig, ServiceConfig, load_config
 from deploy.demo_tools import demo_registry
+from deploy.local_llm import LOCAL_CONTEXT
 from deploy.presets import PRESETS, deployment_config, llm_config
 from deploy.serve_engine import ServeLLMEngine
 from orchestrator import tracing
@@ -125,10 +126,6 @@ class _Orchestrator:
         if self._task.done():
             raise RuntimeError(f"the orchestrator worker stopped: {self._task.exception()!r}")
 
-    async def finished(self) -> int:
-        """Runs this replica has finished (for tests and the demo's summary)."""
-        return self.worker.finished
-
     async def __del__(self) -> None:
         self._stop.set()
         await asyncio.gather(self._task, return_exceptions=True)
@@ -142,6 +139,8 @@ class _Api:
         self, args: Mapping[str, Any], orchestrator: DeploymentHandle, tools: DeploymentHandle
     ) -> None:
         self._config = load_config(dict(args), source="serve args")
+        # The orchestrator's handle is not called: binding it is what makes Serve deploy the orchestrators
+        # as part of this application.
         self._orchestrator, self._tools = orchestrator, tools
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
@@ -167,7 +166,7 @@ Api: Any = serve.deployment(name="Api")(serve.ingress()(_Api))
 
 
 def _context_window(model: ModelConfig) -> int:
-    return PRESETS[model.preset].max_model_len if model.preset else 8192
+    return PRESETS[model.preset].max_model_len if model.preset else LOCAL_CONTEXT
 
 
 def llm_deployment(model: ModelConfig) -> Application:

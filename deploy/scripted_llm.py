@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from deploy.llm_engine_base import CompletionsOnlyEngine
+from deploy.llm_engine_base import CompletionReply, CompletionsOnlyEngine
 from orchestrator.engines.scripted import Latency, ScriptedEngine
-from orchestrator.ports import Chunk, CompletionRequest, Sampling
+from orchestrator.ports import CompletionRequest, Sampling
 from toolbox.hermes import STOP
 
 EXPRESSION = "17 * 23"
@@ -86,35 +85,10 @@ class ScriptedLLMEngine(CompletionsOnlyEngine):
             prompt, request.max_tokens or 1024, tuple(stop) or STOP, Sampling(request.temperature or 0.0)
         )
         engine = ScriptedEngine(lambda text: scripted_reply(text, self.replica), latency=self._latency)
-        created, ident = int(time.time()), f"cmpl-{uuid.uuid4().hex}"
-        chunks = [chunk async for chunk in engine.stream(ours)] if not request.stream else None
-        if chunks is not None:
-            from ray.serve.llm.openai_api_models import CompletionResponse  # noqa: PLC0415
-
-            text, last = "".join(c.text for c in chunks), chunks[-1]
-            yield CompletionResponse(**_body(ident, created, self._model, text, last, final=True))
+        reply = CompletionReply(self._model)
+        if not request.stream:
+            yield reply.whole([chunk async for chunk in engine.stream(ours)])
             return
         async for chunk in engine.stream(ours):
-            body = _body(
-                ident, created, self._model, chunk.text, chunk, final=chunk.finish_reason is not None
-            )
-            yield f"data: {json.dumps(body)}\n\n"
+            yield reply.event(chunk)
         yield "data: [DONE]\n\n"
-
-
-def _body(ident: str, created: int, model: str, text: str, chunk: Chunk, *, final: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": ident,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": chunk.finish_reason}],
-    }
-    if final:
-        prompt, completion = chunk.prompt_tokens or 0, chunk.completion_tokens or 0
-        body["usage"] = {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
-    return body

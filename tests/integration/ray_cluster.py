@@ -47,9 +47,10 @@ def local_cluster(redis_url: str) -> Iterator[RayTestCluster]:
     }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
-    cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 4, "num_gpus": 0, "resources": CONTROL}
-    )
+    # No dashboard: nothing here reads it, and when another Ray on the machine holds its port, Ray's port
+    # test leaks a socket (ResourceWarning).
+    head = {"num_cpus": 4, "num_gpus": 0, "resources": CONTROL, "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
     for resource in (GPU_RESOURCE, SMALL_GPU_RESOURCE):
         cluster.add_node(num_cpus=8, num_gpus=8, resources={resource: 8})
     ray.init(address=cluster.address)

@@ -78,7 +78,7 @@ class McpSource:
         except SchemaError as exc:
             raise ToolSourceError(f"MCP tool {tool.name!r} has an unusable schema: {exc}") from exc
 
-        async def call(arguments: dict[str, Any], limits: Limits) -> Outcome:
+        async def call(arguments: dict[str, Any], limits: Limits, conversation: str) -> Outcome:
             return await self.call(tool.name, arguments, limits)
 
         return ToolEntry(spec, "sandboxed", self.server.limits, self.server.egress, remote=call)

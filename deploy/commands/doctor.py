@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  - {reason}")
     if found.mechanism == "process":
         print("  tools marked untrusted (python) are refused: no isolation works on this machine")
-    print(f"process limit: {found.process_limit}")
+    print(f"call limits: {found.call_limits}")
     print(
         f"seccomp: {'denies ' + ', '.join(seccomp.denied_names()) if seccomp.supported() else 'unavailable'}"
     )

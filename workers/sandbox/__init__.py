@@ -48,6 +48,12 @@ class Sandbox(Protocol):
     async def settle(self) -> None:
         """Wait until the processes of finished tasks have exited."""
 
+    async def discard(self, scratch: Path) -> None:
+        """Stop the warm hosts bound to ``scratch`` (its conversation is being let go)."""
+
+    def problems(self) -> list[str]:
+        """Why a call cannot be bounded as a whole here (missing cgroup controllers); empty when it can."""
+
     async def close(self) -> None: ...
 
 

@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from workers.sandbox import landlock, seccomp
-from workers.sandbox.cgroup import PidsGroups
+from workers.sandbox.cgroup import CallGroups
 from workers.sandbox.launch import bwrap_binary
 from workers.sandbox.policy import Mechanism
 
@@ -20,13 +20,13 @@ from workers.sandbox.policy import Mechanism
 class Detection:
     mechanism: Mechanism
     reasons: list[str] = field(default_factory=list)
-    process_limit: str = ""
+    call_limits: str = ""  # where each call's cgroup limits are enforced, and which are missing
 
 
 @functools.cache
 def detect() -> Detection:
     reasons: list[str] = []
-    limit = "cgroup pids.max" if PidsGroups().available else "RLIMIT_NPROC only (no effect when run as root)"
+    limit = CallGroups().describe()
     problem = _bwrap_problem()
     if problem is None:
         reasons.append("bubblewrap: user, pid, net, mount, ipc, uts namespaces + seccomp work")

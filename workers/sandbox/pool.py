@@ -12,8 +12,9 @@ import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import replace
+from pathlib import Path
 
-from workers.sandbox.cgroup import PidsGroups
+from workers.sandbox.cgroup import REQUIRED, CallGroups
 from workers.sandbox.host import Host
 from workers.sandbox.launch import HostSpec
 from workers.sandbox.policy import Mechanism, Outcome, Task
@@ -36,11 +37,22 @@ class PooledSandbox:
         self.warm = warm
         self.max_keys = max_keys
         self.idle_seconds = idle_seconds
-        self.groups = PidsGroups()
+        self.groups = CallGroups()
         self._ready: OrderedDict[HostSpec, list[Host]] = OrderedDict()
         self._starting: set[asyncio.Task[None]] = set()
         self._pending: dict[HostSpec, int] = {}
         self._reaping: set[asyncio.Future[None]] = set()
+        self._discarded: set[Path] = set()
+
+    def problems(self) -> list[str]:
+        """What keeps a call from being bounded as a whole: a required cgroup controller that is missing."""
+        if self.groups.available:
+            return []
+        return [
+            f"no {c} cgroup ({self.groups.problems.get(c, 'unavailable')})"
+            for c in REQUIRED
+            if c not in self.groups.hierarchies
+        ]
 
     def spec_for(self, task: Task) -> HostSpec:
         return HostSpec(task.scratch, bool(task.egress), self.preload)
@@ -68,6 +80,7 @@ class PooledSandbox:
             await asyncio.gather(*self._starting, return_exceptions=True)
 
     def refill(self, spec: HostSpec) -> None:
+        self._discarded.discard(spec.scratch)
         if self.warm <= 0:
             return
         missing = self.warm - len(self._ready.get(spec, [])) - self._pending.get(spec, 0)
@@ -85,6 +98,9 @@ class PooledSandbox:
             return
         finally:
             self._pending[spec] -= 1
+        if spec.scratch in self._discarded:  # its conversation was let go while it started
+            await host.kill()
+            return
         self._ready.setdefault(spec, []).append(host)
         self._ready.move_to_end(spec)
         await self._evict()
@@ -108,6 +124,13 @@ class PooledSandbox:
             stale += self._ready.popitem(last=False)[1]
         for host in stale:
             await host.kill()
+
+    async def discard(self, scratch: Path) -> None:
+        """Kill the warm hosts bound to ``scratch``, and any that finish starting later."""
+        self._discarded.add(scratch)
+        for spec in [spec for spec in self._ready if spec.scratch == scratch]:
+            for host in self._ready.pop(spec):
+                await host.kill()
 
     async def settle(self) -> None:
         """Wait until every finished host has exited (tests use it to check that nothing survives)."""

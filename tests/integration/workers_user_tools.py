@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -39,3 +40,22 @@ def shout(text: str, times: int) -> str:
         times: How many times.
     """
     return text * times
+
+
+def my_cgroup_limits() -> dict[str, str]:
+    """Report the cgroup limits this call's process runs under (for the 'process' mechanism, which can
+    see /sys)."""
+    found: dict[str, str] = {}
+    files = {
+        "memory": ("memory.max", "memory.limit_in_bytes"),
+        "pids": ("pids.max",),
+        "cpu": ("cpu.max", "cpu.cfs_quota_us"),
+    }
+    for line in open("/proc/self/cgroup").read().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") if controllers else ["memory", "pids", "cpu"]:
+            mount = "/sys/fs/cgroup" + (f"/{controller}" if controllers else "")
+            for name in files.get(controller, ()):
+                with contextlib.suppress(OSError):
+                    found[controller] = open(f"{mount}{path}/{name}").read().strip()
+    return found

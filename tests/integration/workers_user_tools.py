@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 
 
 def get_weather(city: str, unit: str = "celsius") -> dict[str, object]:
@@ -51,11 +52,11 @@ def my_cgroup_limits() -> dict[str, str]:
         "pids": ("pids.max",),
         "cpu": ("cpu.max", "cpu.cfs_quota_us"),
     }
-    for line in open("/proc/self/cgroup").read().splitlines():
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
         for controller in controllers.split(",") if controllers else ["memory", "pids", "cpu"]:
             mount = "/sys/fs/cgroup" + (f"/{controller}" if controllers else "")
             for name in files.get(controller, ()):
                 with contextlib.suppress(OSError):
-                    found[controller] = open(f"{mount}{path}/{name}").read().strip()
+                    found[controller] = Path(f"{mount}{path}/{name}").read_text().strip()
     return found

@@ -31,12 +31,14 @@ class PooledSandbox:
         warm: int = 1,
         max_keys: int = 32,
         idle_seconds: float = 300.0,
+        landlock_abi: int = 0,
     ) -> None:
         self.mechanism: Mechanism = mechanism
         self.preload = preload
         self.warm = warm
         self.max_keys = max_keys
         self.idle_seconds = idle_seconds
+        self.landlock_abi = landlock_abi  # tests run the fallback as on kernels before 6.12 with it
         self.groups = CallGroups()
         self._ready: OrderedDict[HostSpec, list[Host]] = OrderedDict()
         self._starting: set[asyncio.Task[None]] = set()
@@ -55,7 +57,7 @@ class PooledSandbox:
         ]
 
     def spec_for(self, task: Task) -> HostSpec:
-        return HostSpec(task.scratch, bool(task.egress), self.preload)
+        return HostSpec(task.scratch, bool(task.egress), self.preload, self.landlock_abi)
 
     async def run(self, task: Task) -> Outcome:
         spec = self.spec_for(task)

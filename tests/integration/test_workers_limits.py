@@ -8,6 +8,7 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,7 +44,7 @@ def _python(limits: Limits) -> ToolRegistry:
     return registry
 
 
-async def _calls(executor: Executor, *calls: tuple[str, dict[str, object], str]) -> list[ToolResult]:
+async def _calls(executor: Executor, *calls: tuple[str, dict[str, Any], str]) -> list[ToolResult]:
     results = [await executor.execute(ToolCall(f"c{i}", n, a), c) for i, (n, a, c) in enumerate(calls)]
     await executor.sandbox.settle()
     return results

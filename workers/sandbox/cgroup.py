@@ -18,6 +18,7 @@ used, ``problems`` says why; the executor then refuses untrusted tools and ``cad
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -32,6 +33,7 @@ CONTROLLERS = ("memory", "pids", "cpu")
 REQUIRED = ("memory", "pids")  # without these a call is not bounded as a whole
 _CPU_PERIOD_US = 100_000
 _KILL_ROUNDS = 200
+_REMOVE_TRIES = 200  # times 5 ms: how long a finished call's cgroup may take to empty
 
 
 @dataclass(frozen=True)
@@ -309,6 +311,19 @@ class CallGroup:
             except OSError:
                 removed = False
         return removed
+
+
+async def dispose(group: CallGroup | None) -> None:
+    """Kill what is left of a finished call and remove its cgroup (its processes take the kernel a
+    moment to leave it)."""
+    if group is None:
+        return
+    group.unwatch(asyncio.get_running_loop().remove_reader)
+    for _ in range(_REMOVE_TRIES):
+        group.kill_all()
+        if group.remove():
+            return
+        await asyncio.sleep(0.005)
 
 
 def _memory_v2(path: Path, limits: Limits) -> None:

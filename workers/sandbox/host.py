@@ -15,14 +15,13 @@ import time
 from typing import Any
 
 from workers.errors import SandboxError, SandboxStartError
-from workers.sandbox.cgroup import CallGroup, CallGroups
+from workers.sandbox.cgroup import CallGroup, CallGroups, dispose
 from workers.sandbox.launch import SECCOMP_FD, HostSpec, Launch, build
 from workers.sandbox.policy import Limits, Mechanism, Outcome
 
 _START_TIMEOUT = 10.0
 _GRACE = 2.0  # the host enforces the wall-clock limit itself; this covers a host that cannot answer
 _LINE_LIMIT = 64 * 1024 * 1024
-_REMOVE_TRIES = 200  # times 5 ms: how long a finished host's cgroup may take to empty
 # Joins each cgroup named before the command ($0 says how many), then becomes the command.
 _JOIN = (
     'n=$0; while [ "$n" -gt 0 ]; do echo $$ > "$1/cgroup.procs" || exit 125; shift; n=$((n-1)); done; '
@@ -48,7 +47,7 @@ class Host:
         try:
             process = await _spawn(launch, group)
         except BaseException:
-            await _remove(group)
+            await dispose(group)
             raise
         host = cls(spec, process, group)
         try:
@@ -117,7 +116,7 @@ class Host:
             await asyncio.wait_for(self.process.wait(), _GRACE)
         except TimeoutError:
             await self.kill()
-        await _remove(self.group)
+        await dispose(self.group)
 
     async def kill(self) -> None:
         if self.group is not None:
@@ -132,7 +131,7 @@ class Host:
             self.process.stdin.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.process.wait(), _GRACE)
-        await _remove(self.group)
+        await dispose(self.group)
 
 
 def _group(groups: CallGroups) -> CallGroup | None:
@@ -143,18 +142,6 @@ def _group(groups: CallGroups) -> CallGroup | None:
     except OSError as exc:
         raise SandboxStartError(f"cannot create the sandbox's cgroup: {exc}") from exc
     return group
-
-
-async def _remove(group: CallGroup | None) -> None:
-    """Remove a finished host's cgroup once its last process is gone (exiting takes the kernel a moment)."""
-    if group is None:
-        return
-    group.unwatch(asyncio.get_running_loop().remove_reader)
-    for _ in range(_REMOVE_TRIES):
-        group.kill_all()
-        if group.remove():
-            return
-        await asyncio.sleep(0.005)
 
 
 def _out_of_memory(limits: Limits) -> Outcome:

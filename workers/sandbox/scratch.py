@@ -82,6 +82,7 @@ class Overrun:
 @dataclass
 class _Held:
     fd: int
+    path: Path
     busy: int = 0
     last_used: float = field(default_factory=time.monotonic)
 
@@ -120,17 +121,16 @@ class ScratchStore:
     def enter(self, conversation: str) -> Path:
         """Hold the conversation's directory (mounted, with its quota) for a call; pair with ``leave``.
         Mounting takes a moment: call it in a thread unless ``ready``."""
-        path = self.path(conversation)
         held = self._held.get(conversation)
         if held is None:
             with self._opening:  # never taken on the event loop's path: see ready()
-                held = self._held.get(conversation) or self._open(conversation, path)
+                held = self._held.get(conversation) or self._open(conversation, self.path(conversation))
         with self._lock:
             held.busy += 1
             held.last_used = time.monotonic()
         with contextlib.suppress(OSError):
             os.utime(held.fd)  # the last use, which expiry goes by
-        return path
+        return held.path
 
     def ready(self, conversation: str) -> bool:
         """Whether ``enter`` will not have to mount (so it need not go to a thread)."""
@@ -169,7 +169,8 @@ class ScratchStore:
         """Whether the conversation is past its quota (bytes, or files: the volume's inodes)."""
         if not self.quota:
             return False
-        used, free_inodes = volume.usage(self.path(conversation))
+        held = self._held.get(conversation)
+        used, free_inodes = volume.usage(held.path if held is not None else self.path(conversation))
         return used > self.settings.quota_bytes or free_inodes == 0
 
     def reclaim(self, conversation: str, since_ns: int) -> Overrun:
@@ -196,7 +197,7 @@ class ScratchStore:
             os.close(fd)
             raise
         fcntl.flock(fd, fcntl.LOCK_SH)  # others may use it too, but not unmount or delete it
-        held = _Held(fd)
+        held = _Held(fd, path)
         with self._lock:
             self._held[conversation] = held
         return held

@@ -3,14 +3,13 @@ loopback port, with persistence off. Each test that asks for ``redis_url`` start
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
 
 from deploy.local_redis import embedded_redis
+from tests.integration.mounts import unmount_under
 from tests.integration.ray_cluster import RayTestCluster, local_cluster
 
 
@@ -37,17 +36,8 @@ def ray_cluster(redis_server: str) -> Iterator[RayTestCluster]:
 
 @pytest.fixture(autouse=True)
 def _unmount_scratch_volumes(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Unmount the scratch volumes a test's executors mounted under its ``tmp_path``. They outlive an
-    executor on purpose (a conversation's files stay visible after a worker stops), but not a test."""
+    """Unmount the scratch volumes a test's executors mounted under its ``tmp_path`` (``mounts``)."""
     tmp_path = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
     yield
     if tmp_path is not None:
         unmount_under(tmp_path)
-
-
-def unmount_under(root: Path) -> None:
-    prefix = f"{root}/"
-    with open("/proc/self/mountinfo") as mounts:
-        points = [line.split()[4] for line in mounts if line.split()[4].startswith(prefix)]
-    for point in sorted(points, reverse=True):
-        subprocess.run(["umount", point], check=True, capture_output=True, timeout=30)

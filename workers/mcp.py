@@ -182,6 +182,7 @@ class McpSource:
             group = self.groups.create()
             if group is not None:
                 group.apply(self.server.limits)
+                group.share_cpu(self.server.limits.cpus)
         except OSError as exc:
             raise ToolSourceError(f"cannot create the MCP server's cgroup: {exc}") from exc
         home = Path(tempfile.mkdtemp(prefix="caduceus-mcp-"))

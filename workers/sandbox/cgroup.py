@@ -223,23 +223,28 @@ class CallGroup:
         return list(dict.fromkeys(self.dirs.values()))
 
     def apply(self, limits: Limits) -> None:
-        """Set the limits (``OSError`` if the kernel refuses one: never run a call without them)."""
+        """Set the memory and process limits (``OSError`` if the kernel refuses one: a call never runs
+        without them). Written once at the host's start and again only for a call with other limits."""
         if limits == self.applied:
             return
         for controller, path in self.dirs.items():
-            v2 = self.versions[controller] == 2
             if controller == "memory":
-                _memory_v2(path, limits) if v2 else _memory_v1(path, limits)
+                _memory_v2(path, limits) if self.versions[controller] == 2 else _memory_v1(path, limits)
             elif controller == "pids":
                 _write(path / "pids.max", str(limits.processes + 2))  # the host and bwrap's init count too
-            elif controller == "cpu":
-                quota = max(1000, int(limits.cpus * _CPU_PERIOD_US))
-                if v2:
-                    _write(path / "cpu.max", f"{quota} {_CPU_PERIOD_US}")
-                else:
-                    _write(path / "cpu.cfs_period_us", str(_CPU_PERIOD_US))
-                    _write(path / "cpu.cfs_quota_us", str(quota))
         self.applied = limits
+
+    def share_cpu(self, cpus: float) -> None:
+        """Set the CPU quota, when the call starts: the host's own start is not held to it, and writing
+        the quota gives the call a fresh budget (a start just before would otherwise throttle it)."""
+        path = self.dirs.get("cpu")
+        if path is None:
+            return
+        quota = max(1000, int(cpus * _CPU_PERIOD_US))
+        if self.versions["cpu"] == 2:
+            _write(path / "cpu.max", f"{quota} {_CPU_PERIOD_US}")
+        else:  # a new group's period is the kernel's default, 100 ms
+            _write(path / "cpu.cfs_quota_us", str(quota))
 
     def oom_kills(self) -> int:
         """How many processes of the call the kernel killed for passing the memory limit."""

@@ -89,6 +89,7 @@ class Host:
         if self.group is not None:
             try:
                 self.group.apply(limits)
+                self.group.share_cpu(limits.cpus)
             except OSError as exc:
                 await self.kill()
                 raise SandboxError(f"cannot set the call's cgroup limits: {exc}") from exc

@@ -58,6 +58,7 @@ class Executor:
         self._allow_unbounded = os.environ.get("CADUCEUS_ALLOW_UNBOUNDED") == "1"
         self._last_sweep = -float("inf")
         self._sweeping: asyncio.Future[list[str]] | None = None
+        self._sweep_lock = asyncio.Lock()  # one sweep at a time, the background one or an explicit one
         if self.unbounded:
             _log.warning("tool calls are not bounded as a whole here: %s", "; ".join(self.unbounded))
 
@@ -105,10 +106,11 @@ class Executor:
 
     async def sweep(self) -> list[str]:
         """Give up idle conversations (their warm sandboxes first), then unmount and expire scratch."""
-        for conversation in self.scratch.idle():
-            await self.sandbox.discard(self.scratch.path(conversation))
-            self.scratch.release(conversation)
-        return await asyncio.to_thread(self.scratch.sweep)
+        async with self._sweep_lock:
+            for conversation in self.scratch.idle():
+                await self.sandbox.discard(self.scratch.path(conversation))
+                self.scratch.release(conversation)
+            return await asyncio.to_thread(self.scratch.sweep)
 
     def _maybe_sweep(self) -> None:
         now = time.monotonic()

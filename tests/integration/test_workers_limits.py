@@ -183,3 +183,27 @@ def test_untrusted_tools_are_refused_where_a_call_cannot_be_bounded_unless_the_o
     monkeypatch.setenv("CADUCEUS_ALLOW_UNBOUNDED", "1")
     allowed, _ = asyncio.run(main())
     assert allowed.content["result"] == 2
+
+
+def test_an_idle_conversation_is_let_go_only_after_its_warm_sandboxes(tmp_path: Path) -> None:
+    """A warm host binds its conversation's volume: it is stopped before the volume is unmounted."""
+    require_bubblewrap()
+    settings = ScratchSettings(quota_bytes=8 * MiB, idle_seconds=0.0)
+    write = {"action": "write", "path": "kept.txt", "content": "still here"}
+
+    async def main() -> tuple[list[str], list[str], list[ToolResult]]:
+        registry = builtin_registry()
+        sandbox = PooledSandbox("bubblewrap", preload=registry.sandbox_modules(), warm=1)
+        async with Executor(registry, sandbox=sandbox, scratch_root=tmp_path, scratch=settings) as executor:
+            await _calls(executor, ("files", write, "w"))
+            await sandbox.prewarm(executor.task(registry.entries["files"], {}, "w"))
+            assert sandbox_processes(), "the pool should hold a warm host for the conversation"
+            done = await executor.sweep()
+            left = sandbox_processes()
+            assert not os.path.ismount(tmp_path / "w")
+            reread = await _calls(executor, ("files", {"action": "read", "path": "kept.txt"}, "w"))
+            return done, left, reread
+
+    done, left, [reread] = asyncio.run(main())
+    assert done == ["unmounted w"] and left == []
+    assert reread.content == "still here"

@@ -94,13 +94,17 @@ class PooledSandbox:
             job.add_done_callback(self._starting.discard)
 
     async def _start_into(self, spec: HostSpec) -> None:
+        host: Host | None = None
         try:
             host = await Host.start(spec, self.mechanism, self.groups)
         except Exception:  # a failed warm start only means that the next call starts cold
             return
         finally:
             self._pending[spec] -= 1
-        if spec.scratch in self._discarded:  # its conversation was let go while it started
+            discarded = spec.scratch in self._discarded
+            if not any(n for s, n in self._pending.items() if s.scratch == spec.scratch):
+                self._discarded.discard(spec.scratch)
+        if discarded:  # its conversation was let go while it started
             await host.kill()
             return
         self._ready.setdefault(spec, []).append(host)
@@ -129,7 +133,8 @@ class PooledSandbox:
 
     async def discard(self, scratch: Path) -> None:
         """Kill the warm hosts bound to ``scratch``, and any that finish starting later."""
-        self._discarded.add(scratch)
+        if any(n for spec, n in self._pending.items() if spec.scratch == scratch):
+            self._discarded.add(scratch)
         for spec in [spec for spec in self._ready if spec.scratch == scratch]:
             for host in self._ready.pop(spec):
                 await host.kill()

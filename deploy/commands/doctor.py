@@ -10,6 +10,7 @@ import argparse
 import os
 from typing import Any
 
+from workers.errors import WorkersError
 from workers.sandbox import detect, scratch_root, seccomp
 from workers.sandbox.scratch import ScratchSettings, ScratchStore
 
@@ -29,7 +30,11 @@ def run(args: argparse.Namespace) -> int:
     if found.mechanism == "process":
         print("  tools marked untrusted (python) are refused: no isolation works on this machine")
     print(f"call limits (cgroup per call: memory, processes, CPU share): {found.call_limits}")
-    store = ScratchStore(scratch_root(), ScratchSettings.from_env())
+    try:
+        store = ScratchStore(scratch_root(), ScratchSettings.from_env())
+    except WorkersError as exc:
+        print(f"caduceus doctor: {exc}")
+        return 2
     print(f"scratch root: {store.root}")
     print(f"scratch quota: {store.describe()}")
     unbounded = [*found.unbounded, *([f"scratch quota: {store.problem}"] if store.problem else [])]

@@ -81,3 +81,10 @@ def test_tool_call_reaches_an_mcp_server(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"name": "add", "content": {"result": 3}}
+
+
+def test_doctor_refuses_a_bad_quota_setting_with_a_clear_message(tmp_path: Path) -> None:
+    done = caduceus("doctor", scratch=tmp_path, CADUCEUS_SCRATCH_QUOTA_MB="lots")
+    assert done.returncode == 2
+    assert "CADUCEUS_SCRATCH_QUOTA_MB must be a number of at least 0, not 'lots'" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr

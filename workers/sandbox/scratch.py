@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from workers.errors import ToolConfigError
 from workers.sandbox import volume
 from workers.sandbox.policy import check_conversation
 
@@ -52,14 +53,27 @@ class ScratchSettings:
     def from_env(cls) -> ScratchSettings:
         """``CADUCEUS_SCRATCH_QUOTA_MB`` (0: no quota) and ``CADUCEUS_SCRATCH_TTL_HOURS`` override."""
         settings = cls()
-        quota = os.environ.get("CADUCEUS_SCRATCH_QUOTA_MB")
-        if quota:
+        quota = _number("CADUCEUS_SCRATCH_QUOTA_MB")
+        if quota is not None:
             megabytes = int(quota)
             settings = replace(settings, quota_bytes=max(megabytes, 1) * 1024 * 1024, quota=megabytes > 0)
-        ttl = os.environ.get("CADUCEUS_SCRATCH_TTL_HOURS")
-        if ttl:
-            settings = replace(settings, ttl_seconds=float(ttl) * 3600.0)
+        ttl = _number("CADUCEUS_SCRATCH_TTL_HOURS")
+        if ttl is not None:
+            settings = replace(settings, ttl_seconds=ttl * 3600.0)
         return settings
+
+
+def _number(name: str) -> float | None:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise ToolConfigError(f"{name} must be a number of at least 0, not {text!r}")
+    return value
 
 
 @dataclass(frozen=True)

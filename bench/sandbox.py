@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -27,6 +29,7 @@ from workers.executor import Executor
 from workers.registry import ToolRegistry, builtin_registry
 from workers.sandbox import PooledSandbox, detect, probes
 from workers.sandbox.policy import Limits
+from workers.sandbox.scratch import ScratchStore
 
 CODE = "1 + 1"
 
@@ -110,6 +113,8 @@ def main() -> None:
         "escapes_contained": sum(v.contained for v in verdicts),
         "escapes_total": len(verdicts),
     }
+    ScratchStore(root).sweep(now=math.inf)  # the bench's scratch volumes go with it (unmounted, deleted)
+    shutil.rmtree(root, ignore_errors=True)
     print("RESULT " + json.dumps(result))
 
 

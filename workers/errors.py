@@ -4,10 +4,12 @@ What the model can fix or should know (invalid arguments, a timeout, running out
 output, a denied action) comes back as a ``ToolResult`` with a ``ToolError``. These are for the operator::
 
     WorkersError
-    ├── SandboxError            the sandbox machinery itself failed
+    ├── SandboxError            the sandbox machinery itself failed (a call's cgroup limits could not
+    │   │                       be set, a scratch volume could not be mounted)
     │   └── SandboxStartError   a sandbox host could not be started or did not get ready
     ├── ToolConfigError         a tool cannot be registered: bad import path, trusted without the
-    │                           operator's flag, unknown isolation class, duplicate name
+    │                           operator's flag, unknown isolation class, duplicate name; or a
+    │                           tools setting is invalid (the scratch quota or expiry)
     └── ToolSourceError         a tool source (an MCP server) cannot be started or listed
 """
 
@@ -25,7 +27,7 @@ class SandboxStartError(SandboxError):
 
 
 class ToolConfigError(WorkersError):
-    """A tool's registration is invalid."""
+    """A tool's registration, or a setting of the tools, is invalid."""
 
 
 class ToolSourceError(WorkersError):

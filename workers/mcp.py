@@ -1,18 +1,28 @@
 """MCP servers (stdio) as tool sources, through the ``mcp`` SDK.
 
 A server's tools are listed with their JSON Schemas, registered like any other tool, validated by the
-same executor, and called over the server's stdio session. Under bubblewrap the server process itself
-runs in a sandbox (no host environment, read-only system and Python paths plus the paths the operator
-names, a private ``/tmp``, no network unless it has an egress allow-list, the same seccomp filter).
-Elsewhere it runs as a plain process with the SDK's minimal environment.
+same executor, and called over a stdio session.
+
+**One session per conversation.** A server keeps state between calls (files, memory, logins), so each
+conversation gets a server process of its own, started at its first call: what one conversation (and so
+one tenant, since conversation keys are per tenant) leaves in a server, no other can see. Sessions idle
+for ``idle_seconds`` are closed, and at most ``max_sessions`` live at once (the least recently used idle
+one is closed first). A call that times out, or whose server dies, ends its session; the next call of
+that conversation starts a fresh one.
+
+**Isolation and limits.** Every server process runs as a tool call does (``sandbox.jail``): bubblewrap,
+else Landlock + seccomp, else a plain process; in a cgroup with the server's memory, process and CPU
+limits; with per-process limits; with no network unless the server has an egress allow-list.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import os
-import sys
+import shutil
 import tempfile
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +36,11 @@ from toolbox.protocol import ToolSpec
 from toolbox.schema import check_schema
 from workers.errors import ToolSourceError
 from workers.registry import ToolEntry, ToolRegistry
-from workers.sandbox import launch, seccomp
+from workers.sandbox import jail
+from workers.sandbox.cgroup import CallGroup, CallGroups, dispose
 from workers.sandbox.policy import Limits, Mechanism, Outcome
 
-_SECCOMP_FD = "9"
+_CONNECTION_CLOSED = -32000
 
 
 @dataclass(frozen=True)
@@ -45,29 +56,43 @@ class McpServer:
 
 
 class McpSource:
-    """One running MCP server: ``await start()``, register its tools, ``await close()`` (same task)."""
+    """One MCP server's tools: ``await start()`` (or ``register``), calls, ``await close()``."""
 
-    def __init__(self, server: McpServer, mechanism: Mechanism) -> None:
+    def __init__(
+        self,
+        server: McpServer,
+        mechanism: Mechanism,
+        *,
+        max_sessions: int = 16,
+        idle_seconds: float = 600.0,
+    ) -> None:
         self.server = server
         self.mechanism = mechanism
-        self._stack = contextlib.AsyncExitStack()
-        self._session: ClientSession | None = None
-        self._seccomp_file: str | None = None
+        self.max_sessions = max_sessions
+        self.idle_seconds = idle_seconds
+        self.groups = CallGroups()
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._starting: dict[str, asyncio.Future[_Session]] = {}
 
     async def start(self) -> list[ToolEntry]:
+        """List the server's tools, from a session of its own that is closed afterwards."""
+        session = await self._open("listing")
         try:
-            read, write = await self._stack.enter_async_context(stdio_client(self._parameters()))
-            session = await self._stack.enter_async_context(ClientSession(read, write))
-            await session.initialize()
-            listed = await session.list_tools()
-        except (OSError, MCPError) as exc:
-            await self.close()
-            raise ToolSourceError(f"MCP server {self.server.command!r} did not start: {exc}") from exc
-        self._session = session
+            listed = await session.client.list_tools()
+        except MCPError as exc:
+            raise ToolSourceError(
+                f"MCP server {self.server.command!r} did not list its tools: {exc}"
+            ) from exc
+        finally:
+            await session.close()
         return [self._entry(tool) for tool in listed.tools]
 
     async def register(self, registry: ToolRegistry) -> list[ToolEntry]:
         return [registry.add(entry) for entry in await self.start()]
+
+    def sessions(self) -> list[str]:
+        """The conversations that have a live session."""
+        return list(self._sessions)
 
     def _entry(self, tool: mcp_types.Tool) -> ToolEntry:
         spec = ToolSpec(
@@ -78,79 +103,176 @@ class McpSource:
         except SchemaError as exc:
             raise ToolSourceError(f"MCP tool {tool.name!r} has an unusable schema: {exc}") from exc
 
-        async def call(arguments: dict[str, Any], limits: Limits) -> Outcome:
-            return await self.call(tool.name, arguments, limits)
+        async def call(arguments: dict[str, Any], limits: Limits, conversation: str) -> Outcome:
+            return await self.call(tool.name, arguments, limits, conversation)
 
         return ToolEntry(spec, "sandboxed", self.server.limits, self.server.egress, remote=call)
 
-    async def call(self, name: str, arguments: dict[str, Any], limits: Limits) -> Outcome:
-        if self._session is None:
-            raise ToolSourceError("the MCP server is not started")
+    async def call(self, name: str, arguments: dict[str, Any], limits: Limits, conversation: str) -> Outcome:
+        session = await self._session(conversation)
+        session.busy += 1
         try:
-            result = await self._session.call_tool(name, arguments, read_timeout_seconds=limits.wall_seconds)
+            result = await session.client.call_tool(name, arguments, read_timeout_seconds=limits.wall_seconds)
         except MCPError as exc:
-            return Outcome(
-                error_type="tool_error", error_message=f"the MCP server answered: {exc.error.message}"
-            )
+            if exc.error.code != _CONNECTION_CLOSED:
+                return Outcome(
+                    error_type="tool_error", error_message=f"the MCP server answered: {exc.error.message}"
+                )
+            await self._end(conversation, session)
+            return session.death(limits)
         except TimeoutError:
+            await self._end(conversation, session)  # it may still be running the call: start afresh
             return Outcome(
                 error_type="timeout",
                 error_message=f"the MCP server gave no answer in {limits.wall_seconds} s",
             )
+        finally:
+            session.busy -= 1
+            session.last_used = time.monotonic()
         content = _content(result)
         if result.is_error:
             return Outcome(error_type="tool_error", error_message=str(content))
         return Outcome(content)
 
     async def close(self) -> None:
-        self._session = None
-        await self._stack.aclose()
-        if self._seccomp_file is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self._seccomp_file)
+        sessions = list(self._sessions.values())
+        self._sessions.clear()
+        for session in sessions:
+            await session.close()
 
-    def _parameters(self) -> StdioServerParameters:
-        if self.mechanism != "bubblewrap":
-            return StdioServerParameters(command=self.server.command, args=list(self.server.args))
-        with tempfile.NamedTemporaryFile(prefix="caduceus-seccomp-", delete=False) as handle:
-            handle.write(seccomp.program())
-        self._seccomp_file = handle.name
-        argv = [*self._bwrap_args(), "--", self.server.command, *self.server.args]
-        # The shell opens the filter on fd 9 for bwrap, since the SDK cannot pass extra descriptors.
-        shell = f'exec "$@" {_SECCOMP_FD}<"$0"'
-        return StdioServerParameters(command="/bin/sh", args=["-c", shell, handle.name, *argv])
+    async def _session(self, conversation: str) -> _Session:
+        session = self._sessions.get(conversation)
+        if session is not None and session.alive:
+            self._sessions.move_to_end(conversation)
+            return session
+        if session is not None:
+            await self._end(conversation, session)
+        starting = self._starting.get(conversation)
+        if starting is None:  # one start per conversation, however many calls wait for it
+            starting = asyncio.ensure_future(self._start_session(conversation))
+            self._starting[conversation] = starting
+            starting.add_done_callback(lambda _: self._starting.pop(conversation, None))
+        return await asyncio.shield(starting)
 
-    def _bwrap_args(self) -> list[str]:
-        args = [launch.bwrap_binary(), "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
-        args += [
-            "--unshare-cgroup-try",
-            "--die-with-parent",
-            "--new-session",
-            "--clearenv",
-            "--cap-drop",
-            "ALL",
-        ]
-        if not self.server.egress:
-            args.append("--unshare-net")
-        # The private /tmp first: binds of paths under /tmp (a checkout, a virtual environment) go on top.
-        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
-        for name in launch.SYSTEM_DIRS:
-            if Path(name).is_symlink():
-                args += ["--symlink", os.readlink(name), name]
-            elif Path(name).exists():
-                args += ["--ro-bind", name, name]
-        paths = [
-            sys.base_prefix,
-            sys.prefix,
-            *map(str, launch.site_dirs()),
-            *launch.ETC_FILES,
-            *self.server.read_only,
-        ]
-        for path in paths:
-            args += ["--ro-bind", path, path]
-        args += ["--chdir", "/tmp"]
-        args += ["--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin", "--setenv", "HOME", "/tmp"]
-        return [*args, "--seccomp", _SECCOMP_FD]
+    async def _start_session(self, conversation: str) -> _Session:
+        await self._trim()
+        session = await self._open(conversation)
+        self._sessions[conversation] = session
+        return session
+
+    async def _trim(self) -> None:
+        """Close idle sessions, then the least recently used ones past ``max_sessions``."""
+        now = time.monotonic()
+        for conversation, session in list(self._sessions.items()):
+            if not session.busy and now - session.last_used >= self.idle_seconds:
+                await self._end(conversation, session)
+        for conversation, session in list(self._sessions.items()):
+            if len(self._sessions) < self.max_sessions:
+                break
+            if not session.busy:
+                await self._end(conversation, session)
+
+    async def _end(self, conversation: str, session: _Session) -> None:
+        if self._sessions.get(conversation) is session:
+            del self._sessions[conversation]
+        await session.close()
+
+    async def _open(self, conversation: str) -> _Session:
+        try:
+            group = self.groups.create()
+            if group is not None:
+                group.apply(self.server.limits)
+                group.share_cpu(self.server.limits.cpus)
+        except OSError as exc:
+            raise ToolSourceError(f"cannot create the MCP server's cgroup: {exc}") from exc
+        home = Path(tempfile.mkdtemp(prefix="caduceus-mcp-"))
+        argv = jail.command(
+            [self.server.command, *self.server.args],
+            mechanism=self.mechanism,
+            read_only=self.server.read_only,
+            egress=bool(self.server.egress),
+            limits=self.server.limits,
+            groups=group.dirs if group is not None else {},
+            home=home,
+        )
+        session = _Session(StdioServerParameters(command=argv[0], args=argv[1:]), group, home)
+        try:
+            await session.open()
+        except (OSError, MCPError) as exc:
+            raise ToolSourceError(f"MCP server {self.server.command!r} did not start: {exc}") from exc
+        return session
+
+
+class _Session:
+    """One server process and its session, entered and left in a task of its own (the SDK's task groups
+    must be left by the task that entered them, and a session is closed by whichever call ends it)."""
+
+    def __init__(self, parameters: StdioServerParameters, group: CallGroup | None, home: Path) -> None:
+        self.parameters = parameters
+        self.group = group
+        self.home = home
+        self.busy = 0
+        self.last_used = time.monotonic()
+        self._client: ClientSession | None = None
+        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._oom = False
+
+    @property
+    def client(self) -> ClientSession:
+        assert self._client is not None
+        return self._client
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def open(self) -> None:
+        if self.group is not None:
+            self.group.watch_oom(asyncio.get_running_loop().add_reader, self._on_oom)
+        self._task = asyncio.create_task(self._run())
+        try:
+            await self._ready
+        except BaseException:
+            await self.close()
+            raise
+
+    def _on_oom(self) -> None:
+        self._oom = True
+        assert self.group is not None
+        self.group.unwatch(asyncio.get_running_loop().remove_reader)
+        self.group.kill_all()
+
+    def death(self, limits: Limits) -> Outcome:
+        """What to tell the model when the server died during its call."""
+        if self._oom or (self.group is not None and self.group.oom_kills()):
+            mib = limits.memory_bytes // (1024 * 1024)
+            message = f"the MCP server passed its memory limit of {mib} MiB and was killed; use less memory"
+            return Outcome(error_type="out_of_memory", error_message=message)
+        return Outcome(error_type="crashed", error_message="the MCP server exited during the call")
+
+    async def _run(self) -> None:
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                read, write = await stack.enter_async_context(stdio_client(self.parameters))
+                client = await stack.enter_async_context(ClientSession(read, write))
+                await client.initialize()
+                self._client = client
+                self._ready.set_result(None)
+                await self._stop.wait()
+        except BaseException as exc:
+            if not self._ready.done():
+                self._ready.set_exception(exc if isinstance(exc, Exception) else ToolSourceError(repr(exc)))
+            if not isinstance(exc, Exception):
+                raise
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        await dispose(self.group)
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 def _content(result: mcp_types.CallToolResult) -> Any:

@@ -18,8 +18,9 @@ from toolbox.schema import tool_spec
 from workers.errors import ToolConfigError
 from workers.sandbox.policy import Isolation, Limits, Outcome
 
-#: A tool called elsewhere than in a sandbox host (an MCP server): arguments in, outcome out.
-RemoteCall = Callable[[dict[str, Any], Limits], Awaitable[Outcome]]
+#: A tool called elsewhere than in a sandbox host (an MCP server): arguments, limits and the conversation
+#: (whose session it runs in) in, outcome out.
+RemoteCall = Callable[[dict[str, Any], Limits, str], Awaitable[Outcome]]
 
 BUILTINS: dict[str, tuple[str, Isolation]] = {
     "python": ("toolbox.tools.python:python", "untrusted"),

@@ -1,15 +1,24 @@
-"""``caduceus doctor``: which isolation is in force for tools on this machine, and why."""
+"""``caduceus doctor``: which isolation and which limits are in force for tools on this machine, and why.
+
+Every mechanism that is missing is named, with what the worker does instead: tools marked untrusted are
+refused where a call cannot be bounded as a whole (unless ``CADUCEUS_ALLOW_UNBOUNDED=1``), and others run
+with per-process limits only."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
+from workers.errors import WorkersError
 from workers.sandbox import detect, scratch_root, seccomp
+from workers.sandbox.scratch import ScratchSettings, ScratchStore
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    parser = subparsers.add_parser("doctor", help="show which tool isolation is in force here and why")
+    parser = subparsers.add_parser(
+        "doctor", help="show which tool isolation and limits are in force here and why"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -20,9 +29,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"  - {reason}")
     if found.mechanism == "process":
         print("  tools marked untrusted (python) are refused: no isolation works on this machine")
-    print(f"process limit: {found.process_limit}")
+    print(f"call limits (cgroup per call: memory, processes, CPU share): {found.call_limits}")
+    try:
+        store = ScratchStore(scratch_root(), ScratchSettings.from_env())
+    except WorkersError as exc:
+        print(f"caduceus doctor: {exc}")
+        return 2
+    print(f"scratch root: {store.root}")
+    print(f"scratch quota: {store.describe()}")
+    unbounded = [*found.unbounded, *([f"scratch quota: {store.problem}"] if store.problem else [])]
+    if unbounded:
+        allowed = os.environ.get("CADUCEUS_ALLOW_UNBOUNDED") == "1"
+        verdict = "RUN ANYWAY (CADUCEUS_ALLOW_UNBOUNDED=1)" if allowed else "REFUSED"
+        print(f"WARNING: calls are not bounded as a whole here; untrusted tools are {verdict}; other tools")
+        print("  run with per-process limits only. Missing: " + "; ".join(unbounded))
+    print(f"signals: {found.signals}")
+    print("mcp servers: one server process per conversation, isolated and limited like a tool call")
     print(
         f"seccomp: {'denies ' + ', '.join(seccomp.denied_names()) if seccomp.supported() else 'unavailable'}"
     )
-    print(f"scratch root: {scratch_root()}")
     return 0

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from deploy.local_redis import embedded_redis
+from tests.integration.mounts import unmount_under
 from tests.integration.ray_cluster import RayTestCluster, local_cluster
 
 
@@ -31,3 +32,12 @@ def ray_cluster(redis_server: str) -> Iterator[RayTestCluster]:
     """The session's one local Ray cluster (``tests.integration.ray_cluster``), started when first asked."""
     with local_cluster(redis_server) as cluster:
         yield cluster
+
+
+@pytest.fixture(autouse=True)
+def _unmount_scratch_volumes(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Unmount the scratch volumes a test's executors mounted under its ``tmp_path`` (``mounts``)."""
+    tmp_path = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if tmp_path is not None:
+        unmount_under(tmp_path)

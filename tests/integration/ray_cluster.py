@@ -11,12 +11,14 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 from ray import serve
 from ray.cluster_utils import Cluster
 
 from deploy.local_redis import free_port
+from tests.integration.mounts import unmount_under
 
 REDIS_ENV = "CADUCEUS_TEST_REDIS_URL"
 KEYS_ENV = "CADUCEUS_TEST_API_KEYS"
@@ -67,4 +69,5 @@ def local_cluster(redis_url: str) -> Iterator[RayTestCluster]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        unmount_under(Path(temp))
         shutil.rmtree(temp, ignore_errors=True)

@@ -11,9 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest_workers import cold_executor, probe_registry, sandbox_processes
+from tests.integration.conftest_workers import (
+    cold_executor,
+    probe_registry,
+    require_landlock,
+    sandbox_processes,
+)
 from toolbox.protocol import ToolCall, ToolResult
-from workers.sandbox import Mechanism, probes
+from workers.executor import Executor
+from workers.sandbox import Mechanism, PooledSandbox, probes
 
 pytestmark = pytest.mark.integration
 _NAMES = probes.names()
@@ -46,3 +52,36 @@ def test_probe_is_contained(mechanism: Mechanism, name: str, tmp_path: Path) -> 
     assert subprocess.run(["/bin/true"], check=False).returncode == 0, (
         "the host can no longer start processes"
     )
+
+
+_SIGNALS = """import os
+def attempt(pid, number):
+    try:
+        os.kill(pid, number)
+    except OSError as exc:
+        return exc.strerror
+    return 'sent'
+[attempt({victim}, 9), attempt({victim}, 0), attempt(0, 0), attempt(os.getpid(), 0)]"""
+
+
+@pytest.mark.timeout(60)
+def test_landlock_without_signal_scoping_still_cannot_signal_host_processes(tmp_path: Path) -> None:
+    """Landlock scopes signals from ABI 6 (Linux 6.12) only; below it, seccomp lets a call signal itself
+    alone, so it cannot kill the worker's other processes (nor ``kill(-1, SIGKILL)`` them all)."""
+    require_landlock()
+
+    async def main(victim: int) -> ToolResult:
+        registry = probe_registry()
+        sandbox = PooledSandbox("landlock", preload=registry.sandbox_modules(), warm=0, landlock_abi=5)
+        async with Executor(registry, sandbox=sandbox, scratch_root=tmp_path) as executor:
+            call = ToolCall("s", "python", {"code": _SIGNALS.format(victim=victim)})
+            result = await executor.execute(call, "signals")
+            await executor.sandbox.settle()
+            return result
+
+    with probes.bait() as found:
+        assert found.victim is not None
+        result = asyncio.run(main(found.victim.pid))
+        assert found.victim.poll() is None, "the call killed a host process"
+    denied = "Operation not permitted"
+    assert result.content["result"] == [denied, denied, denied, "sent"], result

@@ -14,8 +14,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 CADUCEUS = str(Path(sys.executable).with_name("caduceus"))
 
 
-def caduceus(*args: str, scratch: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CADUCEUS_SCRATCH_ROOT": str(scratch)}
+def caduceus(*args: str, scratch: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CADUCEUS_SCRATCH_ROOT": str(scratch), **extra}
     return subprocess.run([CADUCEUS, *args], capture_output=True, text=True, timeout=60, env=env, check=False)
 
 
@@ -49,8 +49,20 @@ def test_tool_list_prints_the_specs(tmp_path: Path) -> None:
 def test_doctor_names_the_isolation_in_force(tmp_path: Path) -> None:
     done = caduceus("doctor", scratch=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[0] == "isolation: bubblewrap"
-    assert f"scratch root: {tmp_path}" in done.stdout
+    lines = done.stdout.splitlines()
+    assert lines[0] == "isolation: bubblewrap"
+    assert f"scratch root: {tmp_path}" in lines
+    [limits] = [line for line in lines if line.startswith("call limits")]
+    assert all(f"{controller} (v" in limits for controller in ("memory", "pids", "cpu")), limits
+    assert "scratch quota: 256 MiB per conversation (loop-mounted ext4 image)" in done.stdout
+    assert "signals: a PID namespace per call" in done.stdout and "WARNING" not in done.stdout
+
+
+def test_doctor_says_loudly_what_is_missing(tmp_path: Path) -> None:
+    done = caduceus("doctor", scratch=tmp_path, CADUCEUS_SCRATCH_QUOTA_MB="0")
+    assert done.returncode == 0, done.stderr
+    assert "scratch quota: NONE: quotas are switched off" in done.stdout
+    assert "WARNING: calls are not bounded as a whole here; untrusted tools are REFUSED" in done.stdout
 
 
 def test_tool_call_reaches_an_mcp_server(tmp_path: Path) -> None:
@@ -69,3 +81,10 @@ def test_tool_call_reaches_an_mcp_server(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"name": "add", "content": {"result": 3}}
+
+
+def test_doctor_refuses_a_bad_quota_setting_with_a_clear_message(tmp_path: Path) -> None:
+    done = caduceus("doctor", scratch=tmp_path, CADUCEUS_SCRATCH_QUOTA_MB="lots")
+    assert done.returncode == 2
+    assert "CADUCEUS_SCRATCH_QUOTA_MB must be a number of at least 0, not 'lots'" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr

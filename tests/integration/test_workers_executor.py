@@ -147,15 +147,18 @@ def web() -> Iterator[int]:
 
 
 def test_http_get_reaches_only_allowed_hosts(tmp_path: Path, web: int) -> None:
-    registry = builtin_registry(http_allow=["127.0.0.1"])
-    allowed, denied = run_calls(
+    registry = builtin_registry(http_allow=[f"127.0.0.1:{web}", "localhost"])
+    allowed, other_host, other_port = run_calls(
         registry,
         tmp_path,
         ("http_get", {"url": f"http://127.0.0.1:{web}/"}, "c"),
+        ("http_get", {"url": f"http://127.0.0.2:{web}/"}, "c"),
         ("http_get", {"url": f"http://localhost:{web}/"}, "c"),
     )
     assert allowed.content == {"status": 200, "content_type": "text/plain", "body": "hello from loopback"}
-    assert denied.error is not None and denied.error.type == "denied"
+    assert other_host.error is not None and other_host.error.type == "denied"
+    assert other_port.error is not None and other_port.error.type == "denied"
+    assert f"port {web} is not allowed" in other_port.error.message
     assert "http_get" not in [spec.name for spec in builtin_registry().specs()]
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 
 
 def get_weather(city: str, unit: str = "celsius") -> dict[str, object]:
@@ -39,3 +41,22 @@ def shout(text: str, times: int) -> str:
         times: How many times.
     """
     return text * times
+
+
+def my_cgroup_limits() -> dict[str, str]:
+    """Report the cgroup limits this call's process runs under (for the 'process' mechanism, which can
+    see /sys)."""
+    found: dict[str, str] = {}
+    files = {
+        "memory": ("memory.max", "memory.limit_in_bytes"),
+        "pids": ("pids.max",),
+        "cpu": ("cpu.max", "cpu.cfs_quota_us"),
+    }
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") if controllers else ["memory", "pids", "cpu"]:
+            mount = "/sys/fs/cgroup" + (f"/{controller}" if controllers else "")
+            for name in files.get(controller, ()):
+                with contextlib.suppress(OSError):
+                    found[controller] = Path(f"{mount}{path}/{name}").read_text().strip()
+    return found

@@ -12,8 +12,9 @@ from workers.sandbox import scratch_dir, seccomp
 from workers.sandbox.policy import Limits, check_conversation
 
 
-def test_seccomp_program_is_well_formed_classic_bpf() -> None:
-    program = seccomp.program()
+@pytest.mark.parametrize("signal_self", [None, 4242])
+def test_seccomp_program_is_well_formed_classic_bpf(signal_self: int | None) -> None:
+    program = seccomp.program(signal_self=signal_self)
     assert len(program) % 8 == 0
     instructions = [struct.unpack("<HBBI", program[i : i + 8]) for i in range(0, len(program), 8)]
     assert instructions[0] == (0x20, 0, 0, 4)  # load the architecture first

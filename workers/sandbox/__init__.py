@@ -5,11 +5,16 @@ works on this machine (see ``detect``): bubblewrap namespaces + seccomp + limits
 + limits, else a plain clean-environment process that refuses untrusted tools. Every mechanism runs tasks
 in pre-started, single-use hosts from a warm pool (``pool``), one fork per task (``workers/sandboxhost``).
 
+Every host runs in a cgroup of its own (``cgroup``): a call's memory, process count and CPU share are
+bounded for all its processes together, not per process.
+
 The scratch directory. Each conversation gets one private writable directory, ``<root>/<conversation>``
 (mode 0700), where ``<root>`` is ``$CADUCEUS_SCRATCH_ROOT`` if set, else ``$CADUCEUS_DATA_DIR/scratch``,
 else ``~/.local/share/caduceus/scratch``. Under bubblewrap it is the only host directory a tool can
 write, mounted at ``/scratch`` and used as its working and home directory; files persist across the
-conversation's calls. The ``files`` tool is confined to it, symlinks included.
+conversation's calls. The ``files`` tool is confined to it, symlinks included. Where the worker may
+loop-mount, it is a filesystem of its own with the conversation's disk quota, and unused conversations
+expire (``scratch``).
 """
 
 from __future__ import annotations
@@ -48,6 +53,12 @@ class Sandbox(Protocol):
     async def settle(self) -> None:
         """Wait until the processes of finished tasks have exited."""
 
+    async def discard(self, scratch: Path) -> None:
+        """Stop the warm hosts bound to ``scratch`` (its conversation is being let go)."""
+
+    def problems(self) -> list[str]:
+        """Why a call cannot be bounded as a whole here (missing cgroup controllers); empty when it can."""
+
     async def close(self) -> None: ...
 
 
@@ -65,7 +76,8 @@ def scratch_root() -> Path:
 
 
 def scratch_dir(conversation: str, root: Path | None = None) -> Path:
-    """The conversation's scratch directory, created (0700) if needed."""
+    """The conversation's scratch directory, created (0700) if needed (where the executor mounts its
+    volume: this only names the place)."""
     path = (root or scratch_root()) / check_conversation(conversation)
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path

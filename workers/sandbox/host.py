@@ -1,4 +1,9 @@
-"""One started sandbox host, seen from the worker: start it, wait until it is warm, give it one task."""
+"""One started sandbox host, seen from the worker: start it, wait until it is warm, give it one task.
+
+Each host runs in a cgroup of its own (``cgroup.CallGroup``), joined before bubblewrap starts, so the
+call's memory, process count and CPU share are bounded for all its processes together; a call that the
+kernel stops at its memory limit is killed as a whole and answered ``out_of_memory``.
+"""
 
 from __future__ import annotations
 
@@ -7,41 +12,61 @@ import contextlib
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
-from workers.errors import SandboxStartError
-from workers.sandbox.cgroup import PidsGroups
+from workers.errors import SandboxError, SandboxStartError
+from workers.sandbox.cgroup import CallGroup, CallGroups, dispose
 from workers.sandbox.launch import SECCOMP_FD, HostSpec, Launch, build
 from workers.sandbox.policy import Limits, Mechanism, Outcome
 
 _START_TIMEOUT = 10.0
 _GRACE = 2.0  # the host enforces the wall-clock limit itself; this covers a host that cannot answer
 _LINE_LIMIT = 64 * 1024 * 1024
+# Joins each cgroup named before the command ($0 says how many), then becomes the command.
+_JOIN = (
+    'n=$0; while [ "$n" -gt 0 ]; do echo $$ > "$1/cgroup.procs" || exit 125; shift; n=$((n-1)); done; '
+    'exec "$@"'
+)
 
 
 class Host:
     """A host process waiting for its one task."""
 
-    def __init__(self, spec: HostSpec, process: asyncio.subprocess.Process, group: Path | None) -> None:
+    def __init__(self, spec: HostSpec, process: asyncio.subprocess.Process, group: CallGroup | None) -> None:
         self.spec = spec
         self.process = process
         self.group = group
         self.started = time.monotonic()
         self.reaper: asyncio.Future[None] | None = None
+        self.out_of_memory = False
 
     @classmethod
-    async def start(cls, spec: HostSpec, mechanism: Mechanism, groups: PidsGroups) -> Host:
+    async def start(cls, spec: HostSpec, mechanism: Mechanism, groups: CallGroups) -> Host:
         launch = build(spec, mechanism)
-        group = groups.create()
-        process = await _spawn(launch, group)
+        group = _group(groups)
+        try:
+            process = await _spawn(launch, group)
+        except BaseException:
+            await dispose(group)
+            raise
         host = cls(spec, process, group)
         try:
+            if group is not None:
+                group.watch_oom(asyncio.get_running_loop().add_reader, host._on_oom)
             await asyncio.wait_for(host._await_ready(), _START_TIMEOUT)
         except BaseException:  # a timeout, a failed start, or the pool closing while it started
             await host.kill()
             raise
         return host
+
+    def _on_oom(self) -> None:
+        """The kernel stopped the call at its memory limit (cgroup v1 kills only one process): end it all."""
+        self.out_of_memory = True
+        if self.group is not None:
+            self.group.unwatch(asyncio.get_running_loop().remove_reader)
+            self.group.kill_all()
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
 
     async def _await_ready(self) -> None:
         assert self.process.stdout is not None
@@ -61,7 +86,13 @@ class Host:
         self, target: str, arguments: dict[str, Any], limits: Limits, egress: tuple[str, ...]
     ) -> Outcome:
         """Send the task, read the answer, and return once every process of the sandbox is gone."""
-        PidsGroups.set_max(self.group, limits.processes + 2)  # the host and bwrap's init count too
+        if self.group is not None:
+            try:
+                self.group.apply(limits)
+                self.group.share_cpu(limits.cpus)
+            except OSError as exc:
+                await self.kill()
+                raise SandboxError(f"cannot set the call's cgroup limits: {exc}") from exc
         request = {"target": target, "arguments": arguments, "limits": limits.to_json(), "egress": egress}
         assert self.process.stdin is not None and self.process.stdout is not None
         try:
@@ -77,6 +108,8 @@ class Host:
         # The host killed every process of the task before it answered; only the host and bwrap's init
         # are left, and they exit on their own: reap them without making the caller wait.
         self.reaper = asyncio.ensure_future(self.finish())
+        if self.out_of_memory or (self.group is not None and self.group.oom_kills()):
+            return _out_of_memory(limits)
         return _outcome(line)
 
     async def finish(self) -> None:
@@ -84,9 +117,13 @@ class Host:
             await asyncio.wait_for(self.process.wait(), _GRACE)
         except TimeoutError:
             await self.kill()
-        PidsGroups.remove(self.group)
+        await dispose(self.group)
 
     async def kill(self) -> None:
+        if self.group is not None:
+            # Under Landlock and the plain process there is no PID namespace to die with bwrap: the
+            # cgroup is what finds every process of the call.
+            self.group.kill_all()
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
         # Killed early in its start, bwrap may not yet have tied its sandbox to its own life; the host
@@ -95,14 +132,34 @@ class Host:
             self.process.stdin.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.process.wait(), _GRACE)
-        PidsGroups.remove(self.group)
+        await dispose(self.group)
 
 
-async def _spawn(launch: Launch, group: Path | None) -> asyncio.subprocess.Process:
+def _group(groups: CallGroups) -> CallGroup | None:
+    try:
+        group = groups.create()
+        if group is not None:
+            group.apply(Limits())  # the defaults until the call's own limits arrive with it
+    except OSError as exc:
+        raise SandboxStartError(f"cannot create the sandbox's cgroup: {exc}") from exc
+    return group
+
+
+def _out_of_memory(limits: Limits) -> Outcome:
+    mib = limits.memory_bytes // (1024 * 1024)
+    message = (
+        f"the call's processes together passed its memory limit of {mib} MiB and the call was killed; "
+        "use less memory (fewer or smaller processes, smaller data)"
+    )
+    return Outcome(error_type="out_of_memory", error_message=message)
+
+
+async def _spawn(launch: Launch, group: CallGroup | None) -> asyncio.subprocess.Process:
     argv = launch.argv
     if group is not None:
-        # Join the pids cgroup before exec, so that bwrap and everything under it is counted.
-        argv = ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(group), *argv]
+        # Join the cgroups before exec, so that bwrap and everything under it is counted.
+        paths = [str(path) for path in group.paths()]
+        argv = ["/bin/sh", "-c", _JOIN, str(len(paths)), *paths, *argv]
     pass_fds: tuple[int, ...] = ()
     read_end = -1
     if launch.seccomp_program is not None:

@@ -5,7 +5,9 @@ and tool paths (not /proc, so no other process can be inspected), reads and writ
 directory, (ABI 4 and later) no TCP connect or bind unless the tool has an egress allow-list, and (ABI 6
 and later) no signals to processes outside its own Landlock domain. The same seccomp filter as under
 bubblewrap follows, with inet sockets refused when the tool has no allow-list, so older Landlock ABIs
-without network rules still keep the task off the network.
+without network rules still keep the task off the network; and where Landlock cannot scope signals
+(ABI before 6, kernels before 6.12) the filter lets the process signal only itself, since without a PID
+namespace a call could otherwise signal, even ``kill(-1, SIGKILL)``, every process of the worker's user.
 """
 
 from __future__ import annotations
@@ -48,9 +50,17 @@ def _handled(abi: int) -> tuple[int, int]:
     return fs, (_NET_ALL if abi >= 4 else 0)
 
 
+def scopes_signals(abi: int) -> bool:
+    return abi >= 6
+
+
 def confine_self(config: dict[str, Any]) -> None:
-    """Apply Landlock and seccomp to this process; raise ``OSError`` if either fails."""
+    """Apply Landlock and seccomp to this process; raise ``OSError`` if either fails.
+
+    ``config["landlock_abi"]``, when set, caps the ABI used (to run as on an older kernel)."""
     abi = abi_version()
+    if config.get("landlock_abi"):
+        abi = min(abi, int(config["landlock_abi"]))
     fs, net = _handled(abi)
     attr = _ruleset_attr(abi, fs, 0 if config.get("network") else net)
     ruleset = int(_libc.syscall(_SYS_CREATE_RULESET, attr, len(attr), 0))
@@ -64,7 +74,8 @@ def confine_self(config: dict[str, Any]) -> None:
         _restrict(ruleset)
     finally:
         os.close(ruleset)
-    _seccomp(allow_inet=bool(config.get("network")))
+    signal_self = None if scopes_signals(abi) else os.getpid()
+    _seccomp(allow_inet=bool(config.get("network")), signal_self=signal_self)
 
 
 def _ruleset_attr(abi: int, fs: int, net: int) -> bytes:
@@ -97,8 +108,8 @@ def _restrict(ruleset: int) -> None:
         raise OSError(ctypes.get_errno(), "landlock_restrict_self")
 
 
-def _seccomp(*, allow_inet: bool) -> None:
-    program = seccomp.program(allow_inet=allow_inet)
+def _seccomp(*, allow_inet: bool, signal_self: int | None) -> None:
+    program = seccomp.program(allow_inet=allow_inet, signal_self=signal_self)
     buffer = ctypes.create_string_buffer(program)
     fprog = struct.pack("HxxxxxxQ", len(program) // 8, ctypes.addressof(buffer))
     if _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, fprog, 0, 0) != 0:

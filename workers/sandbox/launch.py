@@ -46,6 +46,7 @@ class HostSpec:
     scratch: Path
     network: bool
     preload: tuple[str, ...]
+    landlock_abi: int = 0  # under Landlock, use at most this ABI (0: the kernel's); runs as on older kernels
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ def host_config(spec: HostSpec, mechanism: Mechanism, scratch: str) -> dict[str,
         "confine": "landlock" if mechanism == "landlock" else "none",
         "network": spec.network,
         "pid_namespace": mechanism == "bubblewrap",
+        "landlock_abi": spec.landlock_abi,
         "read_only": [str(path) for path in _read_only_paths(spec)],
     }
 

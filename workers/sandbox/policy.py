@@ -24,7 +24,10 @@ _CONVERSATION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits of one task. Sizes in bytes, times in seconds."""
+    """Resource limits of one task. Sizes in bytes, times in seconds.
+
+    ``memory_bytes``, ``processes`` and ``cpus`` bound the call as a whole (its cgroup, where one can be
+    made); the others bound each of its processes (resource limits)."""
 
     memory_bytes: int = 512 * 1024 * 1024
     cpu_seconds: int = 10
@@ -33,6 +36,7 @@ class Limits:
     open_files: int = 64
     output_bytes: int = 1024 * 1024
     file_bytes: int = 64 * 1024 * 1024
+    cpus: float = 1.0  # the call's CPU share: at most this many CPUs' worth of time
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -12,8 +12,9 @@ import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import replace
+from pathlib import Path
 
-from workers.sandbox.cgroup import PidsGroups
+from workers.sandbox.cgroup import REQUIRED, CallGroups
 from workers.sandbox.host import Host
 from workers.sandbox.launch import HostSpec
 from workers.sandbox.policy import Mechanism, Outcome, Task
@@ -30,20 +31,33 @@ class PooledSandbox:
         warm: int = 1,
         max_keys: int = 32,
         idle_seconds: float = 300.0,
+        landlock_abi: int = 0,
     ) -> None:
         self.mechanism: Mechanism = mechanism
         self.preload = preload
         self.warm = warm
         self.max_keys = max_keys
         self.idle_seconds = idle_seconds
-        self.groups = PidsGroups()
+        self.landlock_abi = landlock_abi  # tests run the fallback as on kernels before 6.12 with it
+        self.groups = CallGroups()
         self._ready: OrderedDict[HostSpec, list[Host]] = OrderedDict()
         self._starting: set[asyncio.Task[None]] = set()
         self._pending: dict[HostSpec, int] = {}
         self._reaping: set[asyncio.Future[None]] = set()
+        self._discarded: set[Path] = set()
+
+    def problems(self) -> list[str]:
+        """What keeps a call from being bounded as a whole: a required cgroup controller that is missing."""
+        if self.groups.available:
+            return []
+        return [
+            f"no {c} cgroup ({self.groups.problems.get(c, 'unavailable')})"
+            for c in REQUIRED
+            if c not in self.groups.hierarchies
+        ]
 
     def spec_for(self, task: Task) -> HostSpec:
-        return HostSpec(task.scratch, bool(task.egress), self.preload)
+        return HostSpec(task.scratch, bool(task.egress), self.preload, self.landlock_abi)
 
     async def run(self, task: Task) -> Outcome:
         spec = self.spec_for(task)
@@ -68,6 +82,7 @@ class PooledSandbox:
             await asyncio.gather(*self._starting, return_exceptions=True)
 
     def refill(self, spec: HostSpec) -> None:
+        self._discarded.discard(spec.scratch)
         if self.warm <= 0:
             return
         missing = self.warm - len(self._ready.get(spec, [])) - self._pending.get(spec, 0)
@@ -79,12 +94,19 @@ class PooledSandbox:
             job.add_done_callback(self._starting.discard)
 
     async def _start_into(self, spec: HostSpec) -> None:
+        host: Host | None = None
         try:
             host = await Host.start(spec, self.mechanism, self.groups)
         except Exception:  # a failed warm start only means that the next call starts cold
             return
         finally:
             self._pending[spec] -= 1
+            discarded = spec.scratch in self._discarded
+            if not any(n for s, n in self._pending.items() if s.scratch == spec.scratch):
+                self._discarded.discard(spec.scratch)
+        if discarded:  # its conversation was let go while it started
+            await host.kill()
+            return
         self._ready.setdefault(spec, []).append(host)
         self._ready.move_to_end(spec)
         await self._evict()
@@ -108,6 +130,14 @@ class PooledSandbox:
             stale += self._ready.popitem(last=False)[1]
         for host in stale:
             await host.kill()
+
+    async def discard(self, scratch: Path) -> None:
+        """Kill the warm hosts bound to ``scratch``, and any that finish starting later."""
+        if any(n for spec, n in self._pending.items() if spec.scratch == scratch):
+            self._discarded.add(scratch)
+        for spec in [spec for spec in self._ready if spec.scratch == scratch]:
+            for host in self._ready.pop(spec):
+                await host.kill()
 
     async def settle(self) -> None:
         """Wait until every finished host has exited (tests use it to check that nothing survives)."""

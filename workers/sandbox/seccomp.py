@@ -71,6 +71,10 @@ _DENIED_X86_64 = {
     "mount_setattr": 442,
 }
 _SOCKET, _CLONE, _CLONE3, _IOCTL = 41, 56, 435, 16
+# Calls that send a signal to a process or thread named by the first argument, and those whose target the
+# filter cannot check (tkill names a bare thread id; pidfd_send_signal a descriptor).
+_KILL, _TGKILL, _RT_SIGQUEUEINFO, _RT_TGSIGQUEUEINFO = 62, 234, 129, 297
+_TKILL, _PIDFD_SEND_SIGNAL = 200, 424
 _AUDIT_ARCH_X86_64 = 0xC000003E
 _X32_BIT = 0x40000000
 # CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET
@@ -101,13 +105,22 @@ def supported() -> bool:
     return platform.machine() == "x86_64"
 
 
-def denied_names() -> list[str]:
+def denied_names(*, signals: bool = False) -> list[str]:
     """The calls the filter refuses, for ``caduceus doctor``."""
-    return [*sorted(_DENIED_X86_64), "socket(raw/packet/other families)", "clone(new namespaces)", "clone3"]
+    names = [*sorted(_DENIED_X86_64), "socket(raw/packet/other families)", "clone(new namespaces)", "clone3"]
+    if signals:
+        names.append(
+            "kill/tgkill/rt_sigqueueinfo to any process but the call's own, tkill, pidfd_send_signal"
+        )
+    return names
 
 
-def program(*, allow_inet: bool = True) -> bytes:
-    """The packed filter. ``allow_inet=False`` also refuses AF_INET/AF_INET6 sockets."""
+def program(*, allow_inet: bool = True, signal_self: int | None = None) -> bytes:
+    """The packed filter. ``allow_inet=False`` also refuses AF_INET/AF_INET6 sockets.
+
+    ``signal_self``: where nothing else confines signals (Landlock before ABI 6, no PID namespace), the
+    pid of the process installing the filter: signals may then go to it alone, so that a call cannot
+    ``kill(-1, SIGKILL)`` or signal any other process of the host."""
     if not supported():
         raise OSError(f"no seccomp filter for architecture {platform.machine()!r}")
     deny = _RET_ERRNO | errno.EPERM
@@ -121,6 +134,8 @@ def program(*, allow_inet: bool = True) -> bytes:
     for number in sorted(_DENIED_X86_64.values()):
         code.append((_JEQ, 0, 1, number))
         code.append((_RET, 0, 0, deny))
+    if signal_self is not None:
+        code.extend(_signal_check(deny, signal_self))
     # clone3 passes its flags in memory, which a filter cannot read: refuse it with ENOSYS so that libc
     # falls back to clone(2), whose flags we can check.
     code.append((_JEQ, 0, 1, _CLONE3))
@@ -130,6 +145,21 @@ def program(*, allow_inet: bool = True) -> bytes:
     code.extend(_socket_check(deny, allow_inet))
     code.append((_RET, 0, 0, _RET_ALLOW))
     return b"".join(struct.pack("<HBBI", *insn) for insn in code)
+
+
+def _signal_check(deny: int, pid: int) -> list[tuple[int, int, int, int]]:
+    checks: list[tuple[int, int, int, int]] = []
+    for number in (_TKILL, _PIDFD_SEND_SIGNAL):
+        checks += [(_JEQ, 0, 1, number), (_RET, 0, 0, deny)]
+    for number in (_KILL, _TGKILL, _RT_SIGQUEUEINFO, _RT_TGSIGQUEUEINFO):
+        checks += [
+            (_JEQ, 0, 4, number),
+            (_LD_ABS, 0, 0, _arg(0)),
+            (_JEQ, 0, 1, pid & 0xFFFFFFFF),
+            (_RET, 0, 0, _RET_ALLOW),
+            (_RET, 0, 0, deny),
+        ]
+    return checks
 
 
 def _clone_check(deny: int) -> list[tuple[int, int, int, int]]:

@@ -38,23 +38,32 @@ import asyncio
 import functools
 import hashlib
 import json
+import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, ResponseError, WatchError
 from redis.typing import EncodableT, FieldT
 
 from orchestrator import redis_scripts as lua
-from orchestrator.errors import LeaseLostError, RunNotFoundError, StoreError
+from orchestrator.errors import (
+    UNREADABLE_RUN,
+    LeaseLostError,
+    RunNotFoundError,
+    StoreError,
+    UnreadableRunError,
+)
 from orchestrator.ports import Checkpoint, Interrupted, Outcome, RunSpec, StepCommit
 from orchestrator.runs import user_turn
 from toolbox.protocol import ToolCall, ToolResult, from_json, to_json
+
+log = logging.getLogger(__name__)
 
 QUEUE = "cad:queue"
 GROUP = "orchestrators"
@@ -75,6 +84,25 @@ def _check_id(kind: str, value: str) -> str:
     if not _ID.fullmatch(value):
         raise StoreError(f"{kind} id {value!r} must be 1-128 of [A-Za-z0-9_.-]")
     return value
+
+
+def encode_spec(spec: RunSpec) -> bytes:
+    """The spec as it is stored, once it is proven to read back: ``UnreadableRunError`` if it would not
+    (pydantic's JSON reader refuses nesting deeper than 200 levels, which a Python dict can hold)."""
+    data = _SPEC.dump_json(spec)
+    try:
+        _SPEC.validate_json(data)
+    except ValidationError as exc:
+        problem = exc.errors()[0]["msg"] if exc.errors() else "invalid"
+        raise UnreadableRunError(f"run {spec.run_id}: its spec would not read back ({problem})") from None
+    return data
+
+
+def _decode_spec(raw: bytes | str, run_id: str, status: str) -> RunSpec:
+    try:
+        return _SPEC.validate_json(raw)
+    except ValidationError as exc:
+        raise UnreadableRunError(f"run {run_id}: its stored spec cannot be read", status=status) from exc
 
 
 @dataclass(frozen=True)
@@ -333,7 +361,7 @@ class RedisStore:
         keys, now = Keys.of(spec.tenant, spec.run_id, spec.thread_id), time.time()
         record: dict[FieldT, EncodableT] = dict((extra or {}).items())
         record |= {
-            "spec": _SPEC.dump_json(spec),
+            "spec": encode_spec(spec),  # refuses a spec that would not read back, before any write
             "created_at": repr(now),
             "status": "queued",
             "step": 0,
@@ -364,7 +392,7 @@ class RedisStore:
         record = {_text(k): v for k, v in (await self.redis.hgetall(keys.run)).items()}
         if "spec" not in record:
             raise RunNotFoundError(f"no run {run_id!r} for tenant {tenant!r}")
-        spec = _SPEC.validate_json(record["spec"])
+        spec = _decode_spec(record["spec"], run_id, _text(record.get("status")))
         window = int(record["window_start"])
         thread = Keys.of(tenant, run_id, spec.thread_id).thread
         turns = [_text(turn) for turn in await self.redis.lrange(thread, window, -1)]
@@ -433,14 +461,38 @@ class RedisStore:
                 pipe.exists(keys.lease)
             replies = await pipe.execute()
         found = []
-        for record, leased in zip(replies[::2], replies[1::2], strict=True):
+        for run_id, record, leased in zip(run_ids, replies[::2], replies[1::2], strict=True):
             fields = {_text(k): v for k, v in record.items()}
             if "spec" not in fields:
                 continue
-            spec = _SPEC.validate_json(fields.pop("spec"))
+            raw = fields.pop("spec")
+            text = {k: _text(v) for k, v in fields.items()}
             # A worker holds the run before its first step is committed: "leased" tells a taken run apart.
-            found.append((spec, {k: _text(v) for k, v in fields.items()} | {"leased": "1" if leased else ""}))
+            text["leased"] = "1" if leased else ""
+            try:
+                spec = _decode_spec(raw, run_id, text.get("status", ""))
+            except UnreadableRunError:
+                log.warning("run %s of tenant %s: its stored spec cannot be read", run_id, tenant)
+                spec, text = _unreadable(tenant, run_id, raw), text | _UNREADABLE_FIELDS
+            found.append((spec, text))
         return found
+
+    async def fail_unreadable(self, tenant: str, run_id: str) -> None:
+        """Record that a run whose record cannot be read failed (its worker holds its lease)."""
+        keys = Keys.of(tenant, run_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            fields: dict[FieldT, EncodableT] = dict(_UNREADABLE_FIELDS.items())
+            fields["finished_at"] = repr(time.time())
+            pipe.hset(keys.run, mapping=fields)
+            pipe.xadd(
+                keys.events,
+                _event("failed", {"error": UNREADABLE_RUN}),
+                maxlen=EVENTS_MAXLEN,
+                approximate=True,
+            )
+            for key in (keys.run, keys.events):
+                pipe.expire(key, self._ttl)
+            await pipe.execute()
 
     async def request_cancel(self, tenant: str, run_id: str) -> str | None:
         """Ask for the run to stop; returns its status after, or ``None`` when there is no such run.
@@ -492,6 +544,20 @@ class RedisStore:
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
+
+
+_UNREADABLE_FIELDS = {"status": "failed", "error": UNREADABLE_RUN}
+
+
+def _unreadable(tenant: str, run_id: str, raw: bytes | str) -> RunSpec:
+    """What a reader is shown of a run whose spec cannot be read: its ids (the thread's when Python's
+    JSON reader, which goes deeper than pydantic's, still finds it), to be listed as failed."""
+    try:
+        thread = json.loads(raw).get("thread_id", "")
+    except (ValueError, RecursionError, AttributeError):
+        thread = ""
+    thread = thread if isinstance(thread, str) and _ID.fullmatch(thread) else ""
+    return RunSpec(run_id=run_id, tenant=tenant, thread_id=thread, prefix="")
 
 
 def _runs_key(tenant: str) -> str:

@@ -420,11 +420,7 @@ class RedisStore:
         """Events after the id ``after`` (a client resumes from the last id it saw)."""
         key = Keys.of(tenant, run_id).events
         found: Any = await self.redis.xread({key: after}, count=1000, block=block_ms)
-        return [  # a blocking read that timed out answers nil
-            Event(_text(entry), _text(fields[b"kind"]), json.loads(fields[b"data"]))
-            for _, entries in found or ()
-            for entry, fields in entries
-        ]
+        return [event for _, events in events_of(found) for event in events]
 
     async def cancel(self, tenant: str, run_id: str) -> None:
         await self.redis.set(Keys.of(tenant, run_id).cancel, b"1", ex=self._ttl)
@@ -544,6 +540,20 @@ class RedisStore:
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
+
+
+def events_of(found: Any) -> list[tuple[str, list[Event]]]:
+    """An XREAD reply as (stream key, its events); a blocking read that timed out answers nil."""
+    return [
+        (
+            _text(key),
+            [
+                Event(_text(entry), _text(fields[b"kind"]), json.loads(fields[b"data"]))
+                for entry, fields in entries
+            ],
+        )
+        for key, entries in found or ()
+    ]
 
 
 _UNREADABLE_FIELDS = {"status": "failed", "error": UNREADABLE_RUN}

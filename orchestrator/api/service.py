@@ -16,6 +16,7 @@ from jsonschema.exceptions import SchemaError
 from jsonschema.validators import validator_for
 
 from orchestrator.api.errors import ApiError, not_found
+from orchestrator.api.hub import EventHub
 from orchestrator.api.models import Message, Run, RunList, RunRequest, RunStatus, ThreadMessage, Usage
 from orchestrator.errors import RunNotFoundError, UnreadableRunError
 from orchestrator.ports import Limits, RunSpec, Sampling
@@ -34,6 +35,7 @@ class Api:
     """Everything the routes share: the store, the tools runs may use, the model names accepted."""
 
     store: RedisStore
+    hub: EventHub  # every run event stream this process serves is read through it
     tools: Mapping[str, ToolSpec]
     models: Sequence[str]
     limits: Limits

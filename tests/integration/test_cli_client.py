@@ -236,7 +236,8 @@ class DroppingProxy:
                 client.sendall(data)
                 continue
             held += data  # the stream's head and its first event, up to the blank line that ends it
-            end = held.find(b"\n\n")
+            start = held.find(b"data:")  # comment lines (the stream's first line) are not events
+            end = held.find(b"\n\n", start) if start >= 0 else -1
             if end >= 0:
                 client.sendall(held[: end + 2])
                 for sock in (client, upstream):

@@ -19,12 +19,13 @@ pytestmark = pytest.mark.integration
 RUNS, WATCHERS_PER_RUN = 50, 4
 
 
-def _clients(redis_url: str) -> list[dict[str, Any]]:
-    """The connections Redis has from others than the asker (the API process's, here)."""
+def _clients(redis_url: str, since: int = 0) -> list[dict[str, Any]]:
+    """The connections Redis has from others than the asker, made after the connection ``since`` (the
+    API's, here: earlier tests' connections may still be closing)."""
     raw = redis.Redis.from_url(redis_url)
     try:
         mine = raw.client_id()
-        return [client for client in raw.client_list() if int(client["id"]) != mine]
+        return [c for c in raw.client_list() if since < int(c["id"]) != mine]
     finally:
         raw.close()
 
@@ -43,6 +44,7 @@ def _frames(lines: Iterator[str]) -> list[dict[str, str]]:
 
 
 def test_two_hundred_event_streams_share_one_redis_connection(redis_url: str) -> None:
+    before = max(int(client["id"]) for client in _clients(redis_url) or [{"id": 0}])
     service = Service(redis_url, worker=False, rate_per_s=100_000.0, burst=100_000)
     unlimited = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     with (
@@ -61,10 +63,11 @@ def test_two_hundred_event_streams_share_one_redis_connection(redis_url: str) ->
                 watching = response.iter_lines()
                 assert next(watching).startswith(":")  # the stream says it is watched
                 lines[run].append(watching)
-        # 200 streams are watched now. Redis sees the API's one blocking reader and a connection or two
-        # for its other requests, not one connection per stream.
-        clients = _clients(redis_url)
-        assert len(clients) <= 4, [(c["cmd"], c["flags"]) for c in clients]
+        # 200 streams are watched now. Redis sees the API's one blocking reader and a few connections for
+        # its other requests (the pool keeps what it made), not one connection per stream (64, the pool's
+        # size, before the hub).
+        clients = _clients(redis_url, before)
+        assert len(clients) <= 8, [(c["id"], c["cmd"], c["flags"], c["age"]) for c in clients]
         assert sum("b" in client["flags"] for client in clients) == 1
         # Another tenant's requests still answer, from the same pool.
         assert http.get("/v1/runs", headers=B).status_code == 200
@@ -75,4 +78,4 @@ def test_two_hundred_event_streams_share_one_redis_connection(redis_url: str) ->
             [finished] = _frames(watching)
             assert finished["event"] == "finished"
             assert json.loads(finished["data"])["stop_reason"] == "cancelled"
-        assert len(_clients(redis_url)) <= 4
+        assert len(_clients(redis_url, before)) <= 8

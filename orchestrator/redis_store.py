@@ -74,6 +74,7 @@ _SPEC: TypeAdapter[RunSpec] = TypeAdapter(RunSpec)
 _STARTED = b'{"state":"started"}'
 IDEMPOTENCY_TTL_S = 24 * 3600
 RUNS_INDEX_MAX = 10_000  # the most runs a tenant's index keeps (the newest)
+CLAIM_PENDING_S = 60  # how long a thread claim holds before its run's record is written
 _PREVIEW = 200  # characters of a tool's result that its event carries
 # What Redis raises when it is unreachable or refuses to serve: the REST API answers 503 for these (it
 # names them from here, because this is the one module that imports redis).
@@ -351,12 +352,14 @@ class RedisStore:
         enqueue: bool = True,
         earlier: Sequence[str] = (),
         extra: Mapping[str, str] | None = None,
+        claimed: bool = False,
     ) -> None:
         """Append the user's turn to the thread, write the run record, and queue the run.
 
         ``earlier`` are rendered turns that go before the user's (a conversation given whole, as the
         chat-completions endpoint receives it); ``extra`` are more record fields (the API's metadata).
-        The record's ``created_at`` is now, which also places the run in its tenant's index.
+        The record's ``created_at`` is now, which also places the run in its tenant's index. ``claimed``:
+        the run claimed its thread (``claim_thread``), and the claim is made to last with the record.
         """
         keys, now = Keys.of(spec.tenant, spec.run_id, spec.thread_id), time.time()
         record: dict[FieldT, EncodableT] = dict((extra or {}).items())
@@ -375,6 +378,8 @@ class RedisStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.rpush(keys.thread, *earlier, user_turn(text))
             pipe.hset(keys.run, mapping=record)
+            if claimed:  # the thread's claim now lasts as long as the record that proves it
+                pipe.set(_thread_run_key(spec.tenant, spec.thread_id), spec.run_id, ex=self._ttl)
             index = _runs_key(spec.tenant)
             pipe.zadd(index, {spec.run_id: now})
             # Runs submitted longer ago than the TTL are forgotten (their records expire about then too).
@@ -521,22 +526,28 @@ class RedisStore:
         """Make ``run_id`` the thread's run unless another run of it is still queued or running (two runs
         appending to one thread at once would interleave their turns); returns that run's id, or None.
 
-        A claimed run whose record was never written (its submission failed) holds nothing."""
-        key = Keys.of(tenant, "x", thread_id).thread + ":run"
+        A claim holds for ``CLAIM_PENDING_S`` until ``submit`` writes the run's record (which makes it
+        last as long as the record): a run whose record is not written yet holds the thread, and one
+        whose submission failed holds it until ``release_thread`` (or that time) frees it."""
+        key = _thread_run_key(tenant, thread_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             try:
                 await pipe.watch(key)
                 holder = _text(await pipe.get(key))
                 if holder and holder != run_id:
                     status = _text(await pipe.hget(Keys.of(tenant, holder).run, "status"))
-                    if status in ("queued", "running"):
+                    if status in ("queued", "running", ""):  # "": its record is being written
                         return holder
                 pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
-                pipe.set(key, run_id, ex=self._ttl)
+                pipe.set(key, run_id, ex=CLAIM_PENDING_S)
                 await pipe.execute()
             except WatchError:
                 return _text(await self.redis.get(key)) or "?"  # a run claimed it just now
         return None
+
+    async def release_thread(self, tenant: str, thread_id: str, run_id: str) -> None:
+        """Free the thread from ``run_id``'s claim (its submission failed), unless another run holds it."""
+        await self._release(keys=[_thread_run_key(tenant, thread_id)], args=[run_id])
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
@@ -568,6 +579,10 @@ def _unreadable(tenant: str, run_id: str, raw: bytes | str) -> RunSpec:
         thread = ""
     thread = thread if isinstance(thread, str) and _ID.fullmatch(thread) else ""
     return RunSpec(run_id=run_id, tenant=tenant, thread_id=thread, prefix="")
+
+
+def _thread_run_key(tenant: str, thread_id: str) -> str:
+    return Keys.of(tenant, "x", thread_id).thread + ":run"
 
 
 def _runs_key(tenant: str) -> str:

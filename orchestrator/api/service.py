@@ -204,7 +204,13 @@ async def _enqueue(api: Api, spec: RunSpec, talk: _Conversation, model: str) -> 
         message = f"thread {spec.thread_id} has a run in progress ({busy}); wait for it"
         raise ApiError(409, "thread_busy", message)
     extra = {"model": model}  # the store stamps created_at, with the time that orders the tenant's runs
-    await api.store.submit(spec, first_checkpoint(spec, []), talk.text, earlier=talk.earlier, extra=extra)
+    try:
+        await api.store.submit(
+            spec, first_checkpoint(spec, []), talk.text, earlier=talk.earlier, extra=extra, claimed=True
+        )
+    except BaseException:
+        await api.store.release_thread(spec.tenant, spec.thread_id, spec.run_id)  # nothing was written
+        raise
 
 
 async def _idempotent(api: Api, tenant: str, request: RunRequest, key: str, run_id: str) -> Run | None:

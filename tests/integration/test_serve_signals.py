@@ -68,7 +68,8 @@ def test_serve_prints_a_key_that_works_and_stops_everything_on_sigterm() -> None
                 serve.kill()
                 serve.communicate()
     assert serve.returncode == 0, err[-3000:]
-    assert out.rstrip().endswith("stopping ...\nstopped."), out[-2000:]
+    said = out.splitlines()  # Ray's raylet may add a line of its own while Serve shuts down
+    assert "stopping ..." in said and said[-1] == "stopped.", out[-2000:]
     left = [f"{p.pid} {p.name()}" for p in started if not _gone(p)]
     assert left == [], left
     assert "Traceback" not in err, err[-3000:]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from deploy.config import ServiceConfig
 from deploy.local_redis import redis_url
 from deploy.presets import PRESETS
+from orchestrator.api.auth import ApiKeysError, parse_api_keys
 from workers.sandbox import scratch_root
 
 APP_NAME = "caduceus"
@@ -52,19 +53,31 @@ def _resources(config: ServiceConfig) -> dict[str, float]:
     return dict.fromkeys(sorted(names), 1000.0)
 
 
+def api_keys(key: str | None, configured: str | None) -> tuple[str, str]:
+    """The key to tell the user, and every key the service accepts (as ``key=tenant,...``): the keys
+    configured (``CADUCEUS_API_KEYS``) plus ``key`` (for the tenant ``local``) when it is not one of them;
+    without ``key``, the first key configured, or a new one. The key told is always a key accepted."""
+    keys = parse_api_keys(configured or "")
+    if key is not None and (not key or key != key.strip() or "," in key or "=" in key):
+        raise ApiKeysError("the API key must be non-empty, without spaces around it, ',' or '='")
+    chosen = key or next(iter(keys), None) or f"local-{secrets.token_urlsafe(16)}"
+    keys.setdefault(chosen, LOCAL_TENANT)
+    return chosen, ",".join(f"{one}={tenant}" for one, tenant in keys.items())
+
+
 @contextmanager
 def local_service(
     config: ServiceConfig, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None
 ) -> Iterator[LocalService]:
     """The service, running until the block ends (then Serve, Ray and the embedded Redis stop)."""
     started = time.monotonic()
-    key = api_key or os.environ.get("CADUCEUS_API_KEY") or f"local-{secrets.token_urlsafe(16)}"
+    key, keys = api_keys(api_key or os.environ.get("CADUCEUS_API_KEY"), os.environ.get(config.api_keys_env))
     temp = tempfile.mkdtemp(prefix="cad-ray-", dir="/tmp")  # Ray's socket paths must stay short
     try:
         with redis_url() as redis:
             env = {
                 config.redis.url_env: redis,
-                config.api_keys_env: os.environ.get(config.api_keys_env) or f"{key}={LOCAL_TENANT}",
+                config.api_keys_env: keys,
                 "RAY_TMPDIR": temp,
                 "RAY_AUTH_MODE": "disabled",
                 # Kept after the service stops (the files tool's output is the user's): the usual place.

@@ -97,7 +97,16 @@ class Dispatch:
             record_tool_refused(call.name, refusal.type)
             self._add(_ready(ToolResult(call.id, call.name, error=refusal)))
         else:
-            self._add(self.runner.run(self.checkpoint.step, len(self.tasks), call))
+            self._add(self._checked(len(self.tasks), call))
+
+    async def _checked(self, index: int, call: ToolCall) -> ToolResult:
+        # Validated on a thread: a schema's patterns may take up to their time budget to match, and the
+        # event loop (heartbeats, every other run) must not wait for them.
+        error = await asyncio.to_thread(validate, call, self.runner.spec.tools)
+        if error is not None:
+            record_tool_refused(call.name, error.type)
+            return ToolResult(call.id, call.name, error=error)
+        return await self.runner.run(self.checkpoint.step, index, call)
 
     def _add(self, coroutine: Coroutine[object, object, ToolResult]) -> None:
         self.tasks.append(asyncio.ensure_future(coroutine))
@@ -115,7 +124,7 @@ class Dispatch:
         if made > limits.max_repeats:
             self.limit = "repeated_call"
             return ToolError("denied", f"this exact call was already made {made - 1} times; not run again")
-        return validate(call, self.runner.spec.tools)
+        return None
 
     async def results(self) -> list[ToolResult]:
         return list(await asyncio.gather(*self.tasks))

@@ -9,6 +9,7 @@ configuration error or an outside system failing raises one of these::
     │   └── ContextOverflowError  the engine refused the prompt as too long (the loop compacts before this)
     ├── StoreError            the run store is unusable or holds something unexpected
     │   ├── RunNotFoundError  no run record under that id
+    │   ├── UnreadableRunError  a run record that cannot be read back (it must fail alone, never loop)
     │   └── LeaseLostError    another worker owns the run now; this worker must drop it
     └── ScriptError           a ScriptedEngine was used differently from its script
 """
@@ -34,9 +35,35 @@ class RunNotFoundError(StoreError):
     """There is no run record under the given id."""
 
 
+class UnreadableRunError(StoreError):
+    """A run's record cannot be decoded (or, at submission, would not decode once stored). ``status`` is
+    the record's status where it could be read."""
+
+    def __init__(self, message: str, *, status: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class LeaseLostError(StoreError):
     """The run's lease belongs to another worker: this worker's view of the run is stale."""
 
 
 class ScriptError(OrchestratorError):
     """A ScriptedEngine ran out of script, or was asked something its script does not cover."""
+
+
+UNREADABLE_RUN = "unreadable_run: this run's stored record cannot be read, so it was not run"
+
+
+def failure_message(exc: BaseException) -> str:
+    """What the client of a failed run reads: a stable code and sentence per kind of failure. The
+    exception's own text can hold internals (paths, hosts, a server's reply): it goes to the logs only."""
+    if isinstance(exc, UnreadableRunError):
+        return UNREADABLE_RUN
+    if isinstance(exc, ContextOverflowError):
+        return "context_overflow: the conversation no longer fits the model's context window"
+    if isinstance(exc, EngineError):
+        return "engine_error: the model failed to answer; try the run again later"
+    if isinstance(exc, StoreError):
+        return "store_error: the run store failed; try the run again later"
+    return "internal_error: the run failed on the service's side (its logs have the details)"

@@ -38,23 +38,32 @@ import asyncio
 import functools
 import hashlib
 import json
+import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, ResponseError, WatchError
 from redis.typing import EncodableT, FieldT
 
 from orchestrator import redis_scripts as lua
-from orchestrator.errors import LeaseLostError, RunNotFoundError, StoreError
+from orchestrator.errors import (
+    UNREADABLE_RUN,
+    LeaseLostError,
+    RunNotFoundError,
+    StoreError,
+    UnreadableRunError,
+)
 from orchestrator.ports import Checkpoint, Interrupted, Outcome, RunSpec, StepCommit
 from orchestrator.runs import user_turn
 from toolbox.protocol import ToolCall, ToolResult, from_json, to_json
+
+log = logging.getLogger(__name__)
 
 QUEUE = "cad:queue"
 GROUP = "orchestrators"
@@ -65,6 +74,7 @@ _SPEC: TypeAdapter[RunSpec] = TypeAdapter(RunSpec)
 _STARTED = b'{"state":"started"}'
 IDEMPOTENCY_TTL_S = 24 * 3600
 RUNS_INDEX_MAX = 10_000  # the most runs a tenant's index keeps (the newest)
+CLAIM_PENDING_S = 60  # how long a thread claim holds before its run's record is written
 _PREVIEW = 200  # characters of a tool's result that its event carries
 # What Redis raises when it is unreachable or refuses to serve: the REST API answers 503 for these (it
 # names them from here, because this is the one module that imports redis).
@@ -75,6 +85,25 @@ def _check_id(kind: str, value: str) -> str:
     if not _ID.fullmatch(value):
         raise StoreError(f"{kind} id {value!r} must be 1-128 of [A-Za-z0-9_.-]")
     return value
+
+
+def encode_spec(spec: RunSpec) -> bytes:
+    """The spec as it is stored, once it is proven to read back: ``UnreadableRunError`` if it would not
+    (pydantic's JSON reader refuses nesting deeper than 200 levels, which a Python dict can hold)."""
+    data = _SPEC.dump_json(spec)
+    try:
+        _SPEC.validate_json(data)
+    except ValidationError as exc:
+        problem = exc.errors()[0]["msg"] if exc.errors() else "invalid"
+        raise UnreadableRunError(f"run {spec.run_id}: its spec would not read back ({problem})") from None
+    return data
+
+
+def _decode_spec(raw: bytes | str, run_id: str, status: str) -> RunSpec:
+    try:
+        return _SPEC.validate_json(raw)
+    except ValidationError as exc:
+        raise UnreadableRunError(f"run {run_id}: its stored spec cannot be read", status=status) from exc
 
 
 @dataclass(frozen=True)
@@ -323,17 +352,19 @@ class RedisStore:
         enqueue: bool = True,
         earlier: Sequence[str] = (),
         extra: Mapping[str, str] | None = None,
+        claimed: bool = False,
     ) -> None:
         """Append the user's turn to the thread, write the run record, and queue the run.
 
         ``earlier`` are rendered turns that go before the user's (a conversation given whole, as the
         chat-completions endpoint receives it); ``extra`` are more record fields (the API's metadata).
-        The record's ``created_at`` is now, which also places the run in its tenant's index.
+        The record's ``created_at`` is now, which also places the run in its tenant's index. ``claimed``:
+        the run claimed its thread (``claim_thread``), and the claim is made to last with the record.
         """
         keys, now = Keys.of(spec.tenant, spec.run_id, spec.thread_id), time.time()
         record: dict[FieldT, EncodableT] = dict((extra or {}).items())
         record |= {
-            "spec": _SPEC.dump_json(spec),
+            "spec": encode_spec(spec),  # refuses a spec that would not read back, before any write
             "created_at": repr(now),
             "status": "queued",
             "step": 0,
@@ -347,6 +378,8 @@ class RedisStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.rpush(keys.thread, *earlier, user_turn(text))
             pipe.hset(keys.run, mapping=record)
+            if claimed:  # the thread's claim now lasts as long as the record that proves it
+                pipe.set(_thread_run_key(spec.tenant, spec.thread_id), spec.run_id, ex=self._ttl)
             index = _runs_key(spec.tenant)
             pipe.zadd(index, {spec.run_id: now})
             # Runs submitted longer ago than the TTL are forgotten (their records expire about then too).
@@ -364,7 +397,7 @@ class RedisStore:
         record = {_text(k): v for k, v in (await self.redis.hgetall(keys.run)).items()}
         if "spec" not in record:
             raise RunNotFoundError(f"no run {run_id!r} for tenant {tenant!r}")
-        spec = _SPEC.validate_json(record["spec"])
+        spec = _decode_spec(record["spec"], run_id, _text(record.get("status")))
         window = int(record["window_start"])
         thread = Keys.of(tenant, run_id, spec.thread_id).thread
         turns = [_text(turn) for turn in await self.redis.lrange(thread, window, -1)]
@@ -392,11 +425,7 @@ class RedisStore:
         """Events after the id ``after`` (a client resumes from the last id it saw)."""
         key = Keys.of(tenant, run_id).events
         found: Any = await self.redis.xread({key: after}, count=1000, block=block_ms)
-        return [  # a blocking read that timed out answers nil
-            Event(_text(entry), _text(fields[b"kind"]), json.loads(fields[b"data"]))
-            for _, entries in found or ()
-            for entry, fields in entries
-        ]
+        return [event for _, events in events_of(found) for event in events]
 
     async def cancel(self, tenant: str, run_id: str) -> None:
         await self.redis.set(Keys.of(tenant, run_id).cancel, b"1", ex=self._ttl)
@@ -433,14 +462,38 @@ class RedisStore:
                 pipe.exists(keys.lease)
             replies = await pipe.execute()
         found = []
-        for record, leased in zip(replies[::2], replies[1::2], strict=True):
+        for run_id, record, leased in zip(run_ids, replies[::2], replies[1::2], strict=True):
             fields = {_text(k): v for k, v in record.items()}
             if "spec" not in fields:
                 continue
-            spec = _SPEC.validate_json(fields.pop("spec"))
+            raw = fields.pop("spec")
+            text = {k: _text(v) for k, v in fields.items()}
             # A worker holds the run before its first step is committed: "leased" tells a taken run apart.
-            found.append((spec, {k: _text(v) for k, v in fields.items()} | {"leased": "1" if leased else ""}))
+            text["leased"] = "1" if leased else ""
+            try:
+                spec = _decode_spec(raw, run_id, text.get("status", ""))
+            except UnreadableRunError:
+                log.warning("run %s of tenant %s: its stored spec cannot be read", run_id, tenant)
+                spec, text = _unreadable(tenant, run_id, raw), text | _UNREADABLE_FIELDS
+            found.append((spec, text))
         return found
+
+    async def fail_unreadable(self, tenant: str, run_id: str) -> None:
+        """Record that a run whose record cannot be read failed (its worker holds its lease)."""
+        keys = Keys.of(tenant, run_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            fields: dict[FieldT, EncodableT] = dict(_UNREADABLE_FIELDS.items())
+            fields["finished_at"] = repr(time.time())
+            pipe.hset(keys.run, mapping=fields)
+            pipe.xadd(
+                keys.events,
+                _event("failed", {"error": UNREADABLE_RUN}),
+                maxlen=EVENTS_MAXLEN,
+                approximate=True,
+            )
+            for key in (keys.run, keys.events):
+                pipe.expire(key, self._ttl)
+            await pipe.execute()
 
     async def request_cancel(self, tenant: str, run_id: str) -> str | None:
         """Ask for the run to stop; returns its status after, or ``None`` when there is no such run.
@@ -473,25 +526,63 @@ class RedisStore:
         """Make ``run_id`` the thread's run unless another run of it is still queued or running (two runs
         appending to one thread at once would interleave their turns); returns that run's id, or None.
 
-        A claimed run whose record was never written (its submission failed) holds nothing."""
-        key = Keys.of(tenant, "x", thread_id).thread + ":run"
+        A claim holds for ``CLAIM_PENDING_S`` until ``submit`` writes the run's record (which makes it
+        last as long as the record): a run whose record is not written yet holds the thread, and one
+        whose submission failed holds it until ``release_thread`` (or that time) frees it."""
+        key = _thread_run_key(tenant, thread_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             try:
                 await pipe.watch(key)
                 holder = _text(await pipe.get(key))
                 if holder and holder != run_id:
                     status = _text(await pipe.hget(Keys.of(tenant, holder).run, "status"))
-                    if status in ("queued", "running"):
+                    if status in ("queued", "running", ""):  # "": its record is being written
                         return holder
                 pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
-                pipe.set(key, run_id, ex=self._ttl)
+                pipe.set(key, run_id, ex=CLAIM_PENDING_S)
                 await pipe.execute()
             except WatchError:
                 return _text(await self.redis.get(key)) or "?"  # a run claimed it just now
         return None
 
+    async def release_thread(self, tenant: str, thread_id: str, run_id: str) -> None:
+        """Free the thread from ``run_id``'s claim (its submission failed), unless another run holds it."""
+        await self._release(keys=[_thread_run_key(tenant, thread_id)], args=[run_id])
+
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
+
+
+def events_of(found: Any) -> list[tuple[str, list[Event]]]:
+    """An XREAD reply as (stream key, its events); a blocking read that timed out answers nil."""
+    return [
+        (
+            _text(key),
+            [
+                Event(_text(entry), _text(fields[b"kind"]), json.loads(fields[b"data"]))
+                for entry, fields in entries
+            ],
+        )
+        for key, entries in found or ()
+    ]
+
+
+_UNREADABLE_FIELDS = {"status": "failed", "error": UNREADABLE_RUN}
+
+
+def _unreadable(tenant: str, run_id: str, raw: bytes | str) -> RunSpec:
+    """What a reader is shown of a run whose spec cannot be read: its ids (the thread's when Python's
+    JSON reader, which goes deeper than pydantic's, still finds it), to be listed as failed."""
+    try:
+        thread = json.loads(raw).get("thread_id", "")
+    except (ValueError, RecursionError, AttributeError):
+        thread = ""
+    thread = thread if isinstance(thread, str) and _ID.fullmatch(thread) else ""
+    return RunSpec(run_id=run_id, tenant=tenant, thread_id=thread, prefix="")
+
+
+def _thread_run_key(tenant: str, thread_id: str) -> str:
+    return Keys.of(tenant, "x", thread_id).thread + ":run"
 
 
 def _runs_key(tenant: str) -> str:

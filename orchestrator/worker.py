@@ -12,7 +12,13 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from orchestrator.errors import LeaseLostError, RunNotFoundError, StoreError
+from orchestrator.errors import (
+    LeaseLostError,
+    RunNotFoundError,
+    StoreError,
+    UnreadableRunError,
+    failure_message,
+)
 from orchestrator.loop import Agent
 from orchestrator.ports import Checkpoint, RunSpec
 from orchestrator.redis_store import Claim, RedisStore, RunQueue
@@ -64,6 +70,12 @@ class Worker:
             spec, ckpt, status = await self._store.load(claim.tenant, claim.run_id)
         except RunNotFoundError:
             status = "missing"
+        except UnreadableRunError as exc:  # it can never run: it fails alone, and the worker goes on
+            log.error("run %s of tenant %s cannot be loaded: %s", claim.run_id, claim.tenant, exc)
+            if exc.status not in ("finished", "failed"):
+                record_run_failed()
+                await self._store.fail_unreadable(claim.tenant, claim.run_id)
+            status = "failed"
         if status in ("finished", "failed", "missing"):
             await self._queue.done(claim)
             return
@@ -88,7 +100,7 @@ class Worker:
             # Our fault or the infrastructure's, not the model's: record it, so the run does not loop.
             log.exception("run %s failed", spec.run_id)
             record_run_failed()
-            await self._store.fail(spec, f"{type(exc).__name__}: {exc}")
+            await self._store.fail(spec, failure_message(exc))  # the details stay in the log above
             await self._queue.done(claim)
         finally:
             self._active.pop(claim.entry, None)

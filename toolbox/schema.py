@@ -24,6 +24,7 @@ from pydantic import PydanticSchemaGenerationError, TypeAdapter
 
 from toolbox.errors import SchemaError
 from toolbox.protocol import ToolSpec
+from toolbox.safe_schema import check_bounds
 
 _SECTION = re.compile(
     r"^(Args|Arguments|Parameters|Params|Returns|Return|Yields|Raises|Examples?|Notes?|Note):\s*$"
@@ -101,9 +102,11 @@ def tool_spec(fn: Callable[..., Any], *, name: str | None = None) -> ToolSpec:
 
 
 def check_schema(spec: ToolSpec) -> None:
-    """Refuse a spec whose parameters are not a valid JSON Schema object."""
+    """Refuse a spec whose parameters are not a valid JSON Schema object, or are larger or deeper than
+    ``toolbox.safe_schema`` accepts, or hold a pattern that cannot be compiled."""
     if spec.parameters.get("type") != "object":
         raise SchemaError(f"tool {spec.name!r}: parameters must be a JSON Schema with type 'object'")
+    check_bounds(spec.parameters, f"tool {spec.name!r}: the parameters schema")
     try:
         Draft202012Validator.check_schema(spec.parameters)
     except JsonSchemaError as exc:

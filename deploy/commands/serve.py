@@ -8,7 +8,6 @@ RayService's ``serveConfigV2`` passes to ``deploy.app:build_app``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import signal
 import sys
 import threading
@@ -44,15 +43,32 @@ def run(args: argparse.Namespace) -> int:
         print(f"caduceus serve: {exc}", file=sys.stderr)
         return 2
     from deploy.local_service import local_service  # noqa: PLC0415 - imports Ray
+    from orchestrator.api.auth import ApiKeysError  # noqa: PLC0415 - as local_service does
 
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    _stop_on_signals(stop)
     print("starting: embedded Redis (unless REDIS_URL), local Ray, the Serve application ...", flush=True)
-    with local_service(config, host=args.host, port=args.port, api_key=args.api_key) as service:
-        print(f"Caduceus is serving {', '.join(config.model_names)} at {service.url}", flush=True)
-        print(f"  export CADUCEUS_URL={service.url} CADUCEUS_API_KEY={service.api_key}", flush=True)
-        print('  then: caduceus run "What is 17 * 23?" --tools calculator    (Ctrl-C stops the service)')
-        with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
-        print("stopping ...", flush=True)
+    try:
+        with local_service(config, host=args.host, port=args.port, api_key=args.api_key) as service:
+            # Ray's start replaced our SIGTERM handler with its own, which kills Ray's processes and
+            # exits on the spot, leaving the embedded Redis (and Serve) behind: ours again, so that a
+            # signal stops Serve, then Ray, then Redis, in order.
+            _stop_on_signals(stop)
+            print(f"Caduceus is serving {', '.join(config.model_names)} at {service.url}", flush=True)
+            print(f"  export CADUCEUS_URL={service.url} CADUCEUS_API_KEY={service.api_key}", flush=True)
+            print('  then: caduceus run "What is 17 * 23?" --tools calculator    (Ctrl-C stops the service)')
+            while not stop.wait(1.0):  # a timed wait: the signal handler runs between its ticks
+                pass
+            print("stopping ...", flush=True)
+    except ApiKeysError as exc:
+        print(f"caduceus serve: {exc}", file=sys.stderr)
+        return 2
+    print("stopped.", flush=True)
     return 0
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT (Ctrl-C) set ``stop``; the service then shuts down in order, and further
+    signals while it does cannot cut that short."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())

@@ -16,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from orchestrator.api import chat, errors, service
 from orchestrator.api.auth import RateLimiter, authenticate
+from orchestrator.api.hub import EventHub
 from orchestrator.api.limits import BodyLimit
 from orchestrator.api.models import (
     ChatCompletion,
@@ -76,6 +77,7 @@ def create_app(
         raise ValueError("create_app needs at least one model name")
     api = Api(
         store,
+        EventHub(store),
         {spec.name: spec for spec in tools},
         tuple(models),
         limits or Limits(),
@@ -140,7 +142,7 @@ def _run_routes(app: FastAPI, api: Api) -> None:
     ) -> StreamingResponse:
         after = check_event_id(last_event_id)
         await service.view(api, tenant, run_id)  # 404 before the stream starts
-        return StreamingResponse(sse_events(api.store, tenant, run_id, after), media_type="text/event-stream")
+        return StreamingResponse(sse_events(api.hub, tenant, run_id, after), media_type="text/event-stream")
 
     @app.get("/v1/threads/{thread_id}/messages")
     async def thread_messages(thread_id: str, tenant: Tenant) -> ThreadMessages:

@@ -8,6 +8,7 @@ report steps, not tokens, so there is nothing finer to stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -40,8 +41,9 @@ async def wait(api: Api, tenant: str, run_id: str, timeout_s: float) -> Run:
     """The run once it ended; a 504 if it has not within ``timeout_s`` (it goes on running)."""
     try:
         async with asyncio.timeout(timeout_s):
-            async for _ in run_events(api.store, tenant, run_id, "0-0"):
-                pass
+            async with contextlib.aclosing(run_events(api.hub, tenant, run_id, "0-0")) as events:
+                async for _ in events:
+                    pass
     except TimeoutError:
         raise ApiError(504, "run_timeout", f"run {run_id} did not finish within {timeout_s:g} s") from None
     return await view(api, tenant, run_id)

@@ -16,13 +16,16 @@ from jsonschema.exceptions import SchemaError
 from jsonschema.validators import validator_for
 
 from orchestrator.api.errors import ApiError, not_found
+from orchestrator.api.hub import EventHub
 from orchestrator.api.models import Message, Run, RunList, RunRequest, RunStatus, ThreadMessage, Usage
-from orchestrator.errors import RunNotFoundError
+from orchestrator.errors import RunNotFoundError, UnreadableRunError
 from orchestrator.ports import Limits, RunSpec, Sampling
-from orchestrator.redis_store import RedisStore
+from orchestrator.redis_store import RedisStore, encode_spec
 from orchestrator.runs import first_checkpoint, new_run
+from toolbox.errors import SchemaError as BoundsError
 from toolbox.hermes import neutralize, turn
 from toolbox.protocol import ToolSpec
+from toolbox.safe_schema import check_bounds
 
 _TURN = re.compile(r"<\|im_start\|>([a-z]+)\n(.*?)<\|im_end\|>", re.DOTALL)
 
@@ -32,6 +35,7 @@ class Api:
     """Everything the routes share: the store, the tools runs may use, the model names accepted."""
 
     store: RedisStore
+    hub: EventHub  # every run event stream this process serves is read through it
     tools: Mapping[str, ToolSpec]
     models: Sequence[str]
     limits: Limits
@@ -45,9 +49,14 @@ class _Conversation:
     system: str | None
 
 
+MAX_MESSAGES = 500
+
+
 def _conversation(request: RunRequest) -> _Conversation:
     if isinstance(request.input, str):
         return _Conversation(request.input, (), request.system)
+    if len(request.input) > MAX_MESSAGES:
+        raise ApiError(422, "validation_error", f"input: at most {MAX_MESSAGES} messages (the limit)")
     return split_messages(request.input, request.system)
 
 
@@ -82,6 +91,10 @@ def _check_schema(schema: dict[str, Any] | None) -> None:
     if schema is None:
         return
     try:
+        check_bounds(schema, "json_schema")  # first: checking a schema nested without bound recurses so
+    except BoundsError as exc:
+        raise ApiError(422, "validation_error", str(exc)) from None
+    try:
         validator_for(schema).check_schema(schema)
     except SchemaError as exc:
         raise ApiError(
@@ -98,8 +111,21 @@ def fingerprint(request: RunRequest) -> str:
     return hashlib.sha256(json.dumps(request.model_dump(), sort_keys=True).encode()).hexdigest()
 
 
+def _check_text(request: RunRequest) -> None:
+    # JSON may carry lone UTF-16 surrogates ("\ud800"), which no UTF-8 store or prompt can hold.
+    try:
+        json.dumps(request.model_dump(), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise ApiError(
+            422,
+            "validation_error",
+            "body: holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text",
+        ) from None
+
+
 async def submit(api: Api, tenant: str, request: RunRequest, idempotency_key: str | None) -> Run:
     """Create and enqueue the run, or return the run an earlier request with the same key created."""
+    _check_text(request)
     model, tools = _model(api, request.model), _tools(api, request.tools)
     _check_schema(request.json_schema)
     talk = _conversation(request)
@@ -109,6 +135,7 @@ async def submit(api: Api, tenant: str, request: RunRequest, idempotency_key: st
     spec = _spec(
         api, tenant, request, talk, run_id, model=model, tools=tools
     )  # refuses a bad body before the key binds
+    _readable(spec)
     if idempotency_key is not None:
         earlier = await _idempotent(api, tenant, request, idempotency_key, run_id)
         if earlier is not None:
@@ -152,6 +179,19 @@ def _spec(
         raise ApiError(422, "validation_error", f"tool_choice: {exc}") from None
 
 
+def _readable(spec: RunSpec) -> None:
+    # A record that cannot be read back would fail every reader of it: prove it reads back before the
+    # idempotency key binds and anything is written.
+    try:
+        encode_spec(spec)
+    except UnreadableRunError:
+        raise ApiError(
+            422,
+            "validation_error",
+            "this run could not be stored so that it reads back; simplify json_schema",
+        ) from None
+
+
 def _sampling(request: RunRequest) -> Sampling:
     default = Sampling()
     temperature = default.temperature if request.temperature is None else request.temperature
@@ -164,7 +204,13 @@ async def _enqueue(api: Api, spec: RunSpec, talk: _Conversation, model: str) -> 
         message = f"thread {spec.thread_id} has a run in progress ({busy}); wait for it"
         raise ApiError(409, "thread_busy", message)
     extra = {"model": model}  # the store stamps created_at, with the time that orders the tenant's runs
-    await api.store.submit(spec, first_checkpoint(spec, []), talk.text, earlier=talk.earlier, extra=extra)
+    try:
+        await api.store.submit(
+            spec, first_checkpoint(spec, []), talk.text, earlier=talk.earlier, extra=extra, claimed=True
+        )
+    except BaseException:
+        await api.store.release_thread(spec.tenant, spec.thread_id, spec.run_id)  # nothing was written
+        raise
 
 
 async def _idempotent(api: Api, tenant: str, request: RunRequest, key: str, run_id: str) -> Run | None:

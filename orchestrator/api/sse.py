@@ -2,23 +2,27 @@
 
 Each SSE ``id:`` is the Redis stream id of the event, so a client that reconnects with ``Last-Event-ID``
 gets exactly the events after it. The stream ends after the run's final event (``finished`` or
-``failed``); while nothing happens, a comment line now and then keeps proxies from closing it.
+``failed``); it starts with a comment line once the run is watched, and while nothing happens, a comment
+line now and then keeps proxies from closing it. Streams are read through the process's ``EventHub``: one
+Redis connection for every watcher.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from orchestrator.api.errors import ApiError
-from orchestrator.redis_store import Event, RedisStore
+from orchestrator.api.hub import FINAL, Broken, EventHub, Over
+from orchestrator.redis_store import Event
 
-FINAL = frozenset({"finished", "failed"})
 _STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
-_BLOCK_MS = 1000
-_KEEPALIVE_EVERY = 15  # idle reads (about seconds) between comment lines that keep proxies from closing
+_IDLE_S = 1.0
+_KEEPALIVE_EVERY = 15  # idle seconds between comment lines that keep proxies from closing
 
 
 def check_event_id(value: str | None) -> str:
@@ -36,38 +40,39 @@ def frame(data: Any, *, event: str | None = None, ident: str | None = None) -> s
     return f"{head}data: {text}\n\n"
 
 
-async def run_events(store: RedisStore, tenant: str, run_id: str, after: str) -> AsyncIterator[Event | None]:
-    """The run's events after ``after``, as they come, up to and including its final event; ``None``
-    after each read that found nothing (about a second), so that a caller can send keep-alives."""
-    while True:
-        found = await store.events(tenant, run_id, after, block_ms=_BLOCK_MS)
-        if not found:
-            if not await _over(store, tenant, run_id):
+async def run_events(
+    hub: EventHub, tenant: str, run_id: str, after: str
+) -> AsyncGenerator[Event | None, None]:
+    """The run's events after ``after``, as they come, up to and including its final event (or until the
+    run is over and nothing is left to read); ``None`` once it is watched, then after each second without
+    events, so that a caller can send keep-alives. The process's ``EventHub`` does the reading."""
+    async with hub.watch(tenant, run_id, after) as watcher:
+        yield None
+        while True:
+            try:
+                item = await asyncio.wait_for(watcher.queue.get(), _IDLE_S)
+            except TimeoutError:
                 yield None
                 continue
-            # The run ended: its final event was written with its status, so one more read finds it,
-            # unless the client already saw it (it resumed after it) or it expired: then the stream ends.
-            found = await store.events(tenant, run_id, after)
-            if not found:
+            if isinstance(item, Over):
                 return
-        for event in found:
-            yield event
-            after = event.id
-            if event.kind in FINAL:
-                return
+            if isinstance(item, Broken):
+                raise item.error
+            for event in item:
+                yield event
+                if event.kind in FINAL:
+                    return
 
 
-async def _over(store: RedisStore, tenant: str, run_id: str) -> bool:
-    found = await store.record(tenant, run_id)
-    return found is None or found[1].get("status") in ("finished", "failed")
-
-
-async def sse_events(store: RedisStore, tenant: str, run_id: str, after: str) -> AsyncIterator[str]:
-    idle = 0
-    async for event in run_events(store, tenant, run_id, after):
-        if event is not None:
-            yield frame({"kind": event.kind, **event.data}, event=event.kind, ident=event.id)
-        else:
-            idle += 1
-            if idle % _KEEPALIVE_EVERY == 0:
-                yield ": keep-alive\n\n"
+async def sse_events(hub: EventHub, tenant: str, run_id: str, after: str) -> AsyncIterator[str]:
+    """The SSE body: a comment line as soon as the run is watched, then its events, with a comment line
+    after each ``_KEEPALIVE_EVERY`` quiet seconds."""
+    idle = -1
+    async with contextlib.aclosing(run_events(hub, tenant, run_id, after)) as events:
+        async for event in events:
+            if event is not None:
+                yield frame({"kind": event.kind, **event.data}, event=event.kind, ident=event.id)
+            else:
+                idle += 1
+                if idle % _KEEPALIVE_EVERY == 0:
+                    yield ": keep-alive\n\n"

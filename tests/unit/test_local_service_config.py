@@ -8,8 +8,9 @@ import pytest
 
 from deploy.commands.serve import config_of
 from deploy.config import ConfigError, load_config
-from deploy.local_service import _gpus, _resources
+from deploy.local_service import _gpus, _resources, api_keys
 from deploy.service_demo import demo_config
+from orchestrator.api.auth import ApiKeysError
 
 
 def _args(**given: object) -> argparse.Namespace:
@@ -57,3 +58,16 @@ def test_the_local_cluster_gets_fake_gpus_only_for_scripted_layouts_and_every_pi
     }
     assert _gpus(demo_config(None, scripted=False)) == 0
     assert demo_config(None, scripted=False).tool_workers.tools == "demo"
+
+
+def test_the_key_serve_tells_is_always_one_the_service_accepts() -> None:
+    assert api_keys(None, "team-key=acme,other=globex") == ("team-key", "team-key=acme,other=globex")
+    assert api_keys("mine", "team-key=acme") == ("mine", "team-key=acme,mine=local")
+    assert api_keys("team-key", "team-key=acme") == ("team-key", "team-key=acme")
+    key, keys = api_keys(None, None)
+    assert key.startswith("local-") and keys == f"{key}=local"
+    for bad in ("", "a,b", "a=b", " padded"):
+        with pytest.raises(ApiKeysError):
+            api_keys(bad, None)
+    with pytest.raises(ApiKeysError):
+        api_keys(None, "no-tenant")

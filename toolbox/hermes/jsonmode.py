@@ -8,10 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jsonschema import Draft202012Validator
-
 from toolbox.hermes.tokens import SCHEMA_CLOSE, SCHEMA_OPEN, neutralize_json
 from toolbox.protocol import dumps
+from toolbox.safe_schema import UncheckableError, problems
 
 _FENCE = re.compile(r"^```(?:json|JSON)?\s*\n?(?P<body>.*?)\n?\s*```$", re.DOTALL)
 _MAX_REPORTED = 8
@@ -51,11 +50,14 @@ def check_json_answer(text: str, schema: Mapping[str, Any]) -> JsonAnswer:
         value = json.loads(body, parse_constant=_refuse)
     except (ValueError, RecursionError) as exc:
         return JsonAnswer(error=f"your answer is not valid JSON ({exc}); answer with only the JSON object")
-    problems = list(Draft202012Validator(dict(schema)).iter_errors(value))
-    if not problems:
+    try:
+        found = problems(schema, value)
+    except UncheckableError as exc:
+        return JsonAnswer(error=f"your answer could not be checked against the schema: {exc}")
+    if not found:
         return JsonAnswer(value=value)
     lines = []
-    for problem in problems[:_MAX_REPORTED]:
+    for problem in found[:_MAX_REPORTED]:
         where = "/".join(str(part) for part in problem.absolute_path)
         lines.append(f"at '{where}': {problem.message}" if where else problem.message)
     return JsonAnswer(error="your answer does not match the schema: " + "; ".join(lines))

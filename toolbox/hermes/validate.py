@@ -2,19 +2,18 @@
 
 ``jsonschema``'s Draft 2020-12 validator does the checking: ``true`` is not an integer, ``0``, ``""`` and
 ``false`` are checked like any other value, enums and required properties are enforced. Validators are
-compiled once per distinct schema.
+compiled once per distinct schema. Patterns are matched under a time budget (``toolbox.safe_schema``): a
+value that a pattern cannot be matched against in time is refused with an error that says so.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
-from functools import lru_cache
 
-from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from toolbox.protocol import ToolCall, ToolError, ToolSpec
+from toolbox.safe_schema import UncheckableError, problems
 
 _MAX_REPORTED = 8
 
@@ -35,14 +34,19 @@ def validate(call: ToolCall, spec: Specs) -> ToolError | None:
             type="unknown_tool",
             message=f"there is no tool named {call.name!r}; call one of the offered tools: {offered}",
         )
-    problems = sorted(
-        _validator(json.dumps(found.parameters, sort_keys=True)).iter_errors(call.arguments), key=_order
-    )
-    if not problems:
+    try:
+        found_problems = sorted(problems(found.parameters, call.arguments), key=_order)
+    except UncheckableError as exc:
+        return ToolError(
+            type="invalid_arguments",
+            message=f"the arguments for {call.name!r} could not be checked: {exc}. Call {call.name!r} "
+            "again with arguments that match its parameters schema.",
+        )
+    if not found_problems:
         return None
-    lines = [_describe(problem) for problem in problems[:_MAX_REPORTED]]
-    if len(problems) > _MAX_REPORTED:
-        lines.append(f"... and {len(problems) - _MAX_REPORTED} more")
+    lines = [_describe(problem) for problem in found_problems[:_MAX_REPORTED]]
+    if len(found_problems) > _MAX_REPORTED:
+        lines.append(f"... and {len(found_problems) - _MAX_REPORTED} more")
     return ToolError(
         type="invalid_arguments",
         message=f"invalid arguments for {call.name!r}: "
@@ -57,11 +61,6 @@ def _by_name(spec: Specs) -> Mapping[str, ToolSpec]:
     if isinstance(spec, Mapping):
         return spec
     return {one.name: one for one in spec}
-
-
-@lru_cache(maxsize=512)
-def _validator(schema_json: str) -> Draft202012Validator:
-    return Draft202012Validator(json.loads(schema_json))
 
 
 def _order(error: ValidationError) -> tuple[str, ...]:

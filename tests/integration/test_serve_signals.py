@@ -1,0 +1,75 @@
+"""``caduceus serve`` as an operator runs it: the key it prints is accepted, and SIGTERM stops it cleanly,
+with every process it started (the embedded redis-server, Ray's daemons and agents, Serve's replicas)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import psutil
+import pytest
+
+from deploy.local_redis import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
+
+
+def _gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE  # exited; only its parent has not reaped it
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _up(serve: subprocess.Popen[str]) -> dict[str, str]:
+    """Reads serve's output up to the line that tells the URL and key; returns them."""
+    assert serve.stdout is not None and serve.stderr is not None
+    lines = []
+    for line in serve.stdout:
+        lines.append(line)
+        if "export CADUCEUS_URL=" in line:
+            return dict(part.split("=", 1) for part in line.split()[1:])
+    raise AssertionError(f"serve never came up: {lines} {serve.stderr.read()[-3000:]}")
+
+
+def _answers(url: str, key: str) -> int:
+    headers = {"Authorization": f"Bearer {key}"}
+    for _ in range(100):  # Serve's proxy can take a moment after the application is up
+        response = httpx.get(f"{url}/v1/runs", headers=headers, timeout=10)
+        if response.status_code != 503:
+            break
+        time.sleep(0.2)
+    return response.status_code
+
+
+def test_serve_prints_a_key_that_works_and_stops_everything_on_sigterm() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "RAY_ADDRESS", "CADUCEUS_API_KEY")}
+    env["CADUCEUS_API_KEYS"] = "team-key=acme"  # keys configured, none given: serve must print one of them
+    command = [sys.executable, "-m", "deploy.cli", "serve", "--scripted", "--port", str(free_port())]
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as serve:
+        try:
+            exports = _up(serve)
+            started = psutil.Process(serve.pid).children(recursive=True)
+            names = " ".join(process.name() for process in started)
+            assert "redis-server" in names and "raylet" in names and "gcs_server" in names, names
+            assert exports["CADUCEUS_API_KEY"] == "team-key"
+            assert _answers(exports["CADUCEUS_URL"], exports["CADUCEUS_API_KEY"]) == 200
+
+            serve.send_signal(signal.SIGTERM)
+            out, err = serve.communicate(timeout=240)
+        finally:
+            if serve.poll() is None:
+                serve.kill()
+                serve.communicate()
+    assert serve.returncode == 0, err[-3000:]
+    said = out.splitlines()  # Ray's raylet may add a line of its own while Serve shuts down
+    assert "stopping ..." in said and said[-1] == "stopped.", out[-2000:]
+    left = [f"{p.pid} {p.name()}" for p in started if not _gone(p)]
+    assert left == [], left
+    assert "Traceback" not in err, err[-3000:]

@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 
+from orchestrator.calls import digest
 from orchestrator.engines import Latency, ScriptedEngine
 from orchestrator.errors import LeaseLostError, ScriptError
 from orchestrator.loop import Agent
 from orchestrator.memory import FunctionExecutor, MemoryStore
 from orchestrator.ports import (
+    CallSlot,
     Checkpoint,
     Chunk,
     CompletionRequest,
@@ -24,7 +26,7 @@ from orchestrator.ports import (
     StepCommit,
 )
 from orchestrator.runs import first_checkpoint, new_run, user_turn
-from toolbox.protocol import ToolResult, ToolSpec
+from toolbox.protocol import ToolCall, ToolResult, ToolSpec
 
 ADD = ToolSpec(
     name="add",
@@ -223,14 +225,52 @@ def test_context_overflow_is_a_stop_reason_not_an_engine_error() -> None:
     assert engine.requests == []
 
 
+def ledgered(store: MemoryStore, spec: RunSpec, step: int, *entries: tuple[ToolCall, Any]) -> None:
+    """What an earlier attempt at ``step`` left in the ledger before its worker died: each call, at its index,
+    with its result (``None``: it started and never finished)."""
+
+    async def write() -> None:
+        for index, (made, content) in enumerate(entries):
+            slot = CallSlot(step, index, digest(made))
+            assert await store.begin_call(spec, slot, made) is None
+            if content is not None:
+                await store.end_call(spec, slot, ToolResult(made.id, made.name, content=content))
+
+    asyncio.run(write())
+
+
 def test_resume_replays_ledgered_calls_and_reports_interrupted_ones() -> None:
     outputs = [call("add", a=1, b=2) + call("add", a=3, b=4), "done"]
     agent, engine, executor, store, spec, ckpt = setup(outputs)
-    store.ledger[(spec.run_id, 0, 0)] = None  # started before a crash, never finished
-    store.ledger[(spec.run_id, 0, 1)] = ToolResult("call_0_1", "add", content=7)
+    first, second = (
+        ToolCall("call_0_0", "add", {"a": 1, "b": 2}),
+        ToolCall("call_0_1", "add", {"b": 4, "a": 3}),
+    )
+    ledgered(store, spec, 0, (first, None), (second, 7))  # the first started, never finished
     assert run(agent, spec, ckpt).stop_reason == "answer"
     assert executor.calls == []
     assert '"content": 7' in engine.requests[1].prompt and '"crashed"' in engine.requests[1].prompt
+
+
+def test_a_step_sampled_again_replays_a_result_only_to_the_identical_call() -> None:
+    """After a take-over the step is sampled again: a call that ran before gets its own result back
+    wherever it now stands, and a different call at a ledgered index runs (it is never handed the result
+    of the call that stood there); the replaced call is reported."""
+    outputs = [call("add", a=3, b=4) + call("add", a=5, b=6), "done"]
+    agent, engine, executor, store, spec, ckpt = setup(outputs)
+    ledgered(
+        store,
+        spec,
+        0,
+        (ToolCall("call_0_0", "add", {"a": 1, "b": 2}), 3),
+        (ToolCall("call_0_1", "add", {"a": 3, "b": 4}), 7),
+    )
+    assert run(agent, spec, ckpt).stop_reason == "answer"
+    assert [made.arguments for made in executor.calls] == [{"a": 5, "b": 6}]
+    tool_turn = engine.requests[1].prompt.split("<|im_start|>tool")[-1]
+    assert '"content": 7' in tool_turn and '"content": 11' in tool_turn and '"content": 3' not in tool_turn
+    superseded = [data for kind, data in store.events[spec.run_id] if kind == "call_superseded"]
+    assert [(data["index"], data["superseded"]["state"]) for data in superseded] == [(1, "done")]
 
 
 class SwallowingEngine(ScriptedEngine):

@@ -125,6 +125,7 @@ class _Orchestrator:
     async def check_health(self) -> None:
         if self._task.done():
             raise RuntimeError(f"the orchestrator worker stopped: {self._task.exception()!r}")
+        self.worker.check_health()  # each of its loops (intake, heartbeat) is still alive
 
     async def __del__(self) -> None:
         self._stop.set()

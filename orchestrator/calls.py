@@ -1,20 +1,24 @@
 """Dispatching one step's tool calls: each starts the moment the parser completes it, concurrently.
 
-Every call gets an index in stream order (broken blocks too), which keys the tool-call ledger: a call that
-completed before a crash is replayed from the ledger, a call that started and never finished is reported
-to the model as interrupted (its effect is unknown, so it is never run twice). Before a call runs, its
-arguments are validated, and the per-step call limit and the repeated-call limit are applied; refused
-calls become error results the model reads.
+Every call gets an index in stream order (broken blocks too). The tool-call ledger keys a call by its step
+and what it is (``CallSlot``: a digest of its name and canonical arguments, and how many identical calls
+the step ran before it): a call that completed before a crash is replayed from the ledger to the identical
+call of the step sampled again, a call that started and never finished is reported to the model as
+interrupted (its effect is unknown, so it is never run twice), and a different call, even at the same
+index, runs as itself. Before a call runs, its arguments are validated, and the per-step call limit and
+the repeated-call limit are applied; refused calls become error results the model reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 
 from orchestrator.ports import (
+    CallSlot,
     Checkpoint,
     Interrupted,
     RunSpec,
@@ -38,6 +42,11 @@ def signature(call: ToolCall) -> str:
     return call.name + " " + json.dumps(call.arguments, sort_keys=True, separators=(",", ":"))
 
 
+def digest(call: ToolCall) -> str:
+    """A short fixed-size name of what a call is (its signature): the ledger's key."""
+    return hashlib.sha256(signature(call).encode()).hexdigest()[:32]
+
+
 @dataclass
 class Runner:
     """What running one call needs; shared by the step's dispatcher."""
@@ -47,9 +56,9 @@ class Runner:
     store: RunStore
     tracing: Tracing
 
-    async def run(self, step: int, index: int, call: ToolCall) -> ToolResult:
+    async def run(self, slot: CallSlot, call: ToolCall) -> ToolResult:
         with self.tracing.tool(call.name, call.id, self.spec.thread_id) as span:
-            prior = await self.store.begin_call(self.spec, step, index, call)
+            prior = await self.store.begin_call(self.spec, slot, call)
             if isinstance(prior, ToolResult):
                 span.set_attribute("caduceus.tool.replayed", True)
                 return prior
@@ -57,7 +66,7 @@ class Runner:
                 result = ToolResult(call.id, call.name, error=ToolError("crashed", INTERRUPTED))
             else:
                 result = await self.executor.execute(call, conversation_of(self.spec))
-            await self.store.end_call(self.spec, step, index, result)
+            await self.store.end_call(self.spec, slot, result)
             if result.error is not None:
                 record_error(span, result.error.type)
             return result
@@ -75,6 +84,7 @@ class Dispatch:
     checkpoint: Checkpoint
     tasks: list[asyncio.Task[ToolResult]] = field(default_factory=list)
     repeats: dict[str, int] = field(default_factory=dict)
+    ran: dict[str, int] = field(default_factory=dict)  # identical calls run so far, by digest
     limit: StopReason | None = None
 
     def on(self, event: StreamEvent) -> None:
@@ -97,16 +107,19 @@ class Dispatch:
             record_tool_refused(call.name, refusal.type)
             self._add(_ready(ToolResult(call.id, call.name, error=refusal)))
         else:
-            self._add(self._checked(len(self.tasks), call))
+            key = digest(call)
+            slot = CallSlot(self.checkpoint.step, len(self.tasks), key, self.ran.get(key, 0))
+            self.ran[key] = slot.occurrence + 1
+            self._add(self._checked(slot, call))
 
-    async def _checked(self, index: int, call: ToolCall) -> ToolResult:
+    async def _checked(self, slot: CallSlot, call: ToolCall) -> ToolResult:
         # Validated on a thread: a schema's patterns may take up to their time budget to match, and the
         # event loop (heartbeats, every other run) must not wait for them.
         error = await asyncio.to_thread(validate, call, self.runner.spec.tools)
         if error is not None:
             record_tool_refused(call.name, error.type)
             return ToolResult(call.id, call.name, error=error)
-        return await self.runner.run(self.checkpoint.step, index, call)
+        return await self.runner.run(slot, call)
 
     def _add(self, coroutine: Coroutine[object, object, ToolResult]) -> None:
         self.tasks.append(asyncio.ensure_future(coroutine))

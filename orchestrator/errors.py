@@ -8,9 +8,11 @@ configuration error or an outside system failing raises one of these::
     ├── EngineError           the chat engine failed (HTTP error, broken stream)
     │   └── ContextOverflowError  the engine refused the prompt as too long (the loop compacts before this)
     ├── StoreError            the run store is unusable or holds something unexpected
+    │   ├── StoreUnavailableError  Redis is unreachable, loading or stalled: worth retrying later
     │   ├── RunNotFoundError  no run record under that id
     │   ├── UnreadableRunError  a run record that cannot be read back (it must fail alone, never loop)
     │   └── LeaseLostError    another worker owns the run now; this worker must drop it
+    ├── UnhealthyError        one of a worker's loops is dead (its health check says so)
     └── ScriptError           a ScriptedEngine was used differently from its script
 """
 
@@ -31,6 +33,10 @@ class StoreError(OrchestratorError):
     """The run store failed or holds data we cannot read."""
 
 
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached right now (connection lost, timed out, loading): a retry may succeed."""
+
+
 class RunNotFoundError(StoreError):
     """There is no run record under the given id."""
 
@@ -46,6 +52,10 @@ class UnreadableRunError(StoreError):
 
 class LeaseLostError(StoreError):
     """The run's lease belongs to another worker: this worker's view of the run is stale."""
+
+
+class UnhealthyError(OrchestratorError):
+    """A worker loop ended (its error is the cause): the worker no longer takes, renews or relays runs."""
 
 
 class ScriptError(OrchestratorError):

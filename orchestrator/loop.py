@@ -4,6 +4,12 @@ Each iteration returns one of a closed set of next steps: ``Continue`` (tools ra
 retried), ``Answer`` or ``Stop`` (a limit, cancellation). Every step is committed to the store before the
 next one starts, so a run resumed from its checkpoint repeats no acknowledged step.
 
+Two events stop a run from outside: ``cancel`` (the run ends ``cancelled``) and ``lost`` (another worker
+owns the run now: ``LeaseLostError``). Each is awaited during a step, which is then cancelled wherever it
+is, and checked explicitly at every step boundary: a step task that swallowed its cancellation (as
+``asyncio.wait_for`` does on Python 3.11 when the write it waits on has just completed) still ends the run
+there, never later.
+
 The prompt is append-only (HERMES.md rule 1): the prompt for step N+1 is the prompt for step N, plus the
 model's raw output, ``<|im_end|>``, the tool turn and the assistant cue, byte for byte; only a compaction
 (when the context window would overflow) starts a new prefix.
@@ -22,7 +28,7 @@ from opentelemetry.trace import Span
 
 from orchestrator import context
 from orchestrator.calls import Dispatch, Runner
-from orchestrator.errors import ContextOverflowError
+from orchestrator.errors import ContextOverflowError, LeaseLostError
 from orchestrator.ports import (
     ChatEngine,
     Checkpoint,
@@ -104,6 +110,21 @@ def constraint_for(spec: RunSpec, step: int) -> dict[str, Any] | None:
     return tool_calls(offered, require=True, single=True)
 
 
+@dataclass(frozen=True)
+class Halt:
+    """The events that stop a run from outside."""
+
+    run_id: str
+    cancel: asyncio.Event
+    lost: asyncio.Event
+
+    def check(self) -> Stop | None:
+        """``Stop("cancelled")`` once cancellation was requested; raises once the lease is lost."""
+        if self.lost.is_set():
+            raise LeaseLostError(f"run {self.run_id}: another worker owns it now")
+        return Stop("cancelled") if self.cancel.is_set() else None
+
+
 class Deltas:
     """The model's text as ``delta`` events, for clients watching the run live: pieces are batched and sent
     at most every ``interval_s`` (and when the turn ends, and before a call is told), so a fast stream
@@ -151,11 +172,24 @@ class Agent:
         self._tracing = tracing or Tracing()
         self._clock = clock
 
-    async def run(self, spec: RunSpec, ckpt: Checkpoint, cancel: asyncio.Event | None = None) -> Outcome:
-        """Run ``spec`` from ``ckpt`` (a new run's, or the last committed one) to its end."""
+    async def run(
+        self,
+        spec: RunSpec,
+        ckpt: Checkpoint,
+        cancel: asyncio.Event | None = None,
+        *,
+        lost: asyncio.Event | None = None,
+    ) -> Outcome:
+        """Run ``spec`` from ``ckpt`` (a new run's, or the last committed one) to its end, or until
+        ``cancel`` is set (it ends ``cancelled``) or ``lost`` is set (it raises ``LeaseLostError``)."""
+        halt = Halt(spec.run_id, cancel or asyncio.Event(), lost or asyncio.Event())
         with self._tracing.agent(spec.run_id, spec.thread_id, ckpt.trace) as span:
             while True:
-                step = self._limit(spec, ckpt) or await self._guarded(self._step(spec, ckpt), ckpt, cancel)
+                step = (
+                    halt.check()
+                    or self._limit(spec, ckpt)
+                    or await self._guarded(self._step(spec, ckpt), ckpt, halt)
+                )
                 if step.commit is not None:
                     await self._commit(spec, ckpt, step.commit)
                 if isinstance(step, Continue):
@@ -171,13 +205,11 @@ class Agent:
             return Stop("token_budget")
         return None
 
-    async def _guarded(
-        self, step: Coroutine[Any, Any, Next], ckpt: Checkpoint, cancel: asyncio.Event | None
-    ) -> Next:
-        """The step, unless the deadline passes or the run is cancelled first (then the step is stopped
+    async def _guarded(self, step: Coroutine[Any, Any, Next], ckpt: Checkpoint, halt: Halt) -> Next:
+        """The step, unless the deadline passes or the run is halted first (then the step is stopped
         wherever it is: mid-generation or mid-tool; what it did is not committed)."""
         task = asyncio.ensure_future(step)
-        waiters = {task} if cancel is None else {task, asyncio.ensure_future(cancel.wait())}
+        waiters = {task, *(asyncio.ensure_future(event.wait()) for event in (halt.cancel, halt.lost))}
         try:
             await asyncio.wait(waiters, timeout=ckpt.deadline - self._clock(), return_when="FIRST_COMPLETED")
         finally:
@@ -186,8 +218,15 @@ class Agent:
                     waiter.cancel()
                     with suppress(asyncio.CancelledError):
                         await waiter
+        # Halted wins over whatever the step task did with its cancellation (even if it swallowed it and
+        # ran to its end): the step is not committed.
+        halted = halt.check()
+        if halted is not None:
+            if not task.cancelled():
+                task.exception()  # retrieved, so that the loop does not log it: the run ends here anyway
+            return halted
         if task.cancelled():
-            return Stop("cancelled" if cancel is not None and cancel.is_set() else "deadline")
+            return Stop("deadline")
         return task.result()
 
     async def _step(self, spec: RunSpec, ckpt: Checkpoint) -> Next:

@@ -7,12 +7,13 @@ dicts; it is not durable. ``FunctionExecutor`` runs plain Python functions as to
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.ports import Interrupted, Outcome, RunSpec, StepCommit
+from orchestrator.ports import CallSlot, Interrupted, Outcome, RunSpec, StepCommit
 from toolbox.protocol import ToolCall, ToolError, ToolResult
 
 ToolFunction = Callable[..., Any] | Callable[..., Awaitable[Any]]
@@ -23,7 +24,9 @@ class MemoryStore:
     turns: dict[str, list[str]] = field(default_factory=dict)
     steps: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     events: dict[str, list[tuple[str, dict[str, Any]]]] = field(default_factory=dict)
-    ledger: dict[tuple[str, int, int], ToolResult | None] = field(default_factory=dict)
+    # (run, slot entry) -> the call while it runs (a call that never finished: interrupted), then its result
+    ledger: dict[tuple[str, str], ToolCall | ToolResult] = field(default_factory=dict)
+    positions: dict[tuple[str, str], str] = field(default_factory=dict)  # (run, slot position) -> entry
     outcomes: dict[str, Outcome] = field(default_factory=dict)
 
     async def commit(self, spec: RunSpec, step: StepCommit) -> None:
@@ -32,19 +35,28 @@ class MemoryStore:
         await self.emit(spec, "step", step.record)
 
     async def begin_call(
-        self, spec: RunSpec, step: int, index: int, call: ToolCall
+        self, spec: RunSpec, slot: CallSlot, call: ToolCall
     ) -> ToolResult | Interrupted | None:
-        key = (spec.run_id, step, index)
-        if key in self.ledger:
-            return self.ledger[key] or Interrupted(call)
-        self.ledger[key] = None
+        before = self.positions.get((spec.run_id, slot.position))
+        self.positions[(spec.run_id, slot.position)] = slot.entry
+        found = self.ledger.get((spec.run_id, slot.entry))
+        if isinstance(found, ToolResult):
+            return dataclasses.replace(found, call_id=call.id)
+        if found is not None:
+            return Interrupted(call)
+        self.ledger[(spec.run_id, slot.entry)] = call
+        if before is not None and before != slot.entry:
+            old = self.ledger[(spec.run_id, before)]
+            state = "done" if isinstance(old, ToolResult) else "started"
+            superseded = {"entry": before, "name": old.name, "state": state}
+            data = {"step": slot.step, "index": slot.index, "name": call.name, "superseded": superseded}
+            await self.emit(spec, "call_superseded", data)
         return None
 
-    async def end_call(self, spec: RunSpec, step: int, index: int, result: ToolResult) -> None:
-        self.ledger[(spec.run_id, step, index)] = result
-        await self.emit(
-            spec, "tool_result", {"step": step, "index": index, "name": result.name, "ok": result.ok}
-        )
+    async def end_call(self, spec: RunSpec, slot: CallSlot, result: ToolResult) -> None:
+        self.ledger[(spec.run_id, slot.entry)] = result
+        data = {"step": slot.step, "index": slot.index, "name": result.name, "ok": result.ok}
+        await self.emit(spec, "tool_result", data)
 
     async def emit(self, spec: RunSpec, kind: str, data: dict[str, Any]) -> None:
         self.events.setdefault(spec.run_id, []).append((kind, data))

@@ -195,6 +195,32 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class CallSlot:
+    """A tool call's place in the run's ledger.
+
+    The entry is keyed by what was called: the step, ``digest`` (of the call's name and canonical
+    arguments) and ``occurrence`` (how many identical calls the step ran before this one). So a step sampled
+    again after a take-over replays a ledgered result only to the identical call, wherever it now stands,
+    and a different call never receives another call's result: it runs as a new entry. ``index`` is the
+    call's position in the step's stream: events name it, and the position's last entry is kept so that a
+    call replaced at a position is reported (a ``call_superseded`` event).
+    """
+
+    step: int
+    index: int
+    digest: str
+    occurrence: int = 0
+
+    @property
+    def entry(self) -> str:
+        return f"{self.step}:{self.digest}:{self.occurrence}"
+
+    @property
+    def position(self) -> str:
+        return f"{self.step}@{self.index}"
+
+
+@dataclass(frozen=True)
 class Interrupted:
     """The ledger shows the call started before a crash but never finished: its effect is unknown."""
 
@@ -202,17 +228,18 @@ class Interrupted:
 
 
 class RunStore(Protocol):
-    """Durable run memory. ``begin_call`` returns the ledgered result of a call that completed before a
-    crash, ``Interrupted`` for one that started and never finished, or ``None``: the caller now owns the
-    call and reports its result with ``end_call``."""
+    """Durable run memory. ``begin_call`` returns the ledgered result of the identical call (``CallSlot``)
+    that completed before a crash, ``Interrupted`` for one that started and never finished, or ``None``:
+    the caller now owns the call and reports its result with ``end_call``. A store shared by workers
+    fences every write by the run's lease (``LeaseLostError`` when this worker no longer holds it)."""
 
     async def commit(self, spec: RunSpec, step: StepCommit) -> None: ...
 
     async def begin_call(
-        self, spec: RunSpec, step: int, index: int, call: ToolCall
+        self, spec: RunSpec, slot: CallSlot, call: ToolCall
     ) -> ToolResult | Interrupted | None: ...
 
-    async def end_call(self, spec: RunSpec, step: int, index: int, result: ToolResult) -> None: ...
+    async def end_call(self, spec: RunSpec, slot: CallSlot, result: ToolResult) -> None: ...
 
     async def emit(self, spec: RunSpec, kind: str, data: dict[str, Any]) -> None: ...
 

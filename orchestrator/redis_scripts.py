@@ -1,6 +1,11 @@
 """The Lua scripts that ``redis_store`` runs: each is one atomic step on the server.
 
 Plain text only; ``redis_store`` is the one module that talks to Redis.
+
+Every script that writes a run's state for a worker starts with the same fencing check: ARGV[1] is the
+worker's id ("" for no fencing: one process owns every run it runs) and it must be the value of the run's
+lease. A worker that lost its lease (another worker took the run over) writes nothing, atomically with the
+check, so no stale worker can write over the live one.
 """
 
 # KEYS: run, thread, steps, events, repeats, lease, ledger.
@@ -34,35 +39,90 @@ redis.call('EXPIRE', KEYS[2], ARGV[5])
 return 1
 """
 
-# KEYS: lease. ARGV: worker, lease ms. Renew only a lease we hold.
-RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
-# KEYS: ledger, events. ARGV: field, ttl, event data, maxlen. Marks a call started unless the ledger has
-# it (and tells the event stream the call started); returns what it had.
+# KEYS: ledger, events, lease. ARGV: worker, entry, position, started marker, ttl, tool_call event data,
+# maxlen.
+# The ledger entry is keyed by what was called (step, digest of the call, occurrence); the position field
+# ("{step}@{index}") says which entry the step's call at that index last was. Returns {'lost'}, {'had',
+# entry value} (the call started before, or finished: a replay), or {'new'} (the caller runs the call). A new
+# call at a position that held a different call (the step was sampled again after a take-over and differs)
+# is reported with a call_superseded event naming the superseded call and its state.
 BEGIN_CALL = """
-local had = redis.call('HGET', KEYS[1], ARGV[1])
-if not had then
-  redis.call('HSET', KEYS[1], ARGV[1], '{"state":"started"}')
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'kind', 'tool_call', 'data', ARGV[3])
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  redis.call('EXPIRE', KEYS[2], ARGV[2])
+if ARGV[1] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[1] then return {'lost'} end
+local before = redis.call('HGET', KEYS[1], ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[2])
+local had = redis.call('HGET', KEYS[1], ARGV[2])
+if had then return {'had', had} end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[4])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'kind', 'tool_call', 'data', ARGV[6])
+if before and before ~= ARGV[2] then
+  local old = redis.call('HGET', KEYS[1], before)
+  local report = cjson.decode(ARGV[6])
+  report['arguments'] = nil
+  report['superseded'] = {entry = before}
+  if old then
+    local ok, value = pcall(cjson.decode, old)
+    if ok then
+      report['superseded']['name'] = value['name']
+      report['superseded']['state'] = value['kind'] == 'tool_result' and 'done' or 'started'
+    end
+  end
+  local data = cjson.encode(report)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'kind', 'call_superseded', 'data', data)
 end
-return had
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return {'new'}
 """
 
-# KEYS: ledger, events. ARGV: field, result, event data, maxlen.
+# KEYS: ledger, events, lease. ARGV: worker, entry, result, event data, maxlen.
 END_CALL = """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'kind', 'tool_result', 'data', ARGV[3])
+if ARGV[1] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'kind', 'tool_result', 'data', ARGV[4])
 return 1
+"""
+
+# KEYS: events, lease. ARGV: worker, kind, data, maxlen.
+EMIT = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'kind', ARGV[2], 'data', ARGV[3])
+return 1
+"""
+
+# KEYS: run, events, lease. ARGV: worker, error, finished_at, event data, maxlen, ttl.
+FAIL = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[2], 'finished_at', ARGV[3])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'kind', 'failed', 'data', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return 1
+"""
+
+# KEYS: queue, lease. ARGV: worker, group, entry. The run is finished (or was already): its entry leaves the
+# queue and its lease is released, only while this worker holds the lease.
+DONE = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('XACK', KEYS[1], ARGV[2], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+# KEYS: lease, queue, cancel. ARGV: worker, lease ms, group, entry. Renews a lease this worker holds and
+# resets its entry's idle time in the group (so no worker takes it over); returns {held, cancel requested}.
+# The entry's claim is best effort (pcall): a queue that lost its group (Redis restarted without
+# persistence) must not stop the lease from being renewed.
+HEARTBEAT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0, 0} end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.pcall('XCLAIM', KEYS[2], ARGV[3], ARGV[1], 0, ARGV[4], 'JUSTID')
+return {1, redis.call('EXISTS', KEYS[3])}
 """
 
 # KEYS: run, cancel, lease, events. ARGV: outcome fields JSON, event data, maxlen, ttl.

@@ -11,7 +11,9 @@ restricted to ``[A-Za-z0-9_.-]`` so no id can reach into another's keys)::
     cad:t:{tenant}:run:{run}:events       STREAM  tool_call / tool_result / step / compacted / resumed /
                                                   finished / failed events; Redis stream ids are
                                                   monotonic: resume from the last seen
-    cad:t:{tenant}:run:{run}:ledger       HASH    "{step}:{index}" -> {"state": "started"} or the ToolResult
+    cad:t:{tenant}:run:{run}:ledger       HASH    "{step}:{digest}:{occurrence}" -> {"state": "started", ...}
+                                                  or the ToolResult; "{step}@{index}" -> the entry the
+                                                  step's call at that index was (``CallSlot``)
     cad:t:{tenant}:run:{run}:repeats      HASH    call signature -> times made (repeated-call limit)
     cad:t:{tenant}:run:{run}:lease        STRING  the owning worker's id, with a TTL renewed by heartbeats
     cad:t:{tenant}:run:{run}:cancel       STRING  present once cancellation is requested
@@ -27,28 +29,44 @@ A step costs O(1) writes whatever the history length: its new turns, one step re
 and per call, a few counters, TTL refreshes. Every key of a run and its thread expires ``ttl_s`` after its
 last write; a run stays in its tenant's index for ``ttl_s`` after its submission.
 
-Writes that move a run forward (``commit``, ``finish``) are Lua scripts that first check that this worker
-still holds the run's lease (a fencing check): a worker that lost its lease can never write over the
-worker that took the run over. ``commit`` also checks the step number, so a step is acknowledged once.
+Every write a worker makes for a run (``commit``, ``finish``, ``fail``, ``begin_call``, ``end_call``,
+``emit``, and the queue's ``done`` and heartbeat) is a Lua script that first checks that this worker still
+holds the run's lease (a fencing check, atomic with the write): a worker that lost its lease can never
+write over the worker that took the run over, mark its run failed or remove its queue entry. ``commit``
+also checks the step number, so a step is acknowledged once.
+
+The tool-call ledger is keyed by what was called, not only where: a step sampled again after a take-over
+replays a ledgered result only to the identical call (same name and canonical arguments); a different call
+runs as a new entry, and the call it replaced at that position is reported (a ``call_superseded`` event).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import json
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError, ResponseError, WatchError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import (
+    NoScriptError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+    WatchError,
+)
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
 
 from orchestrator import redis_scripts as lua
@@ -57,21 +75,23 @@ from orchestrator.errors import (
     LeaseLostError,
     RunNotFoundError,
     StoreError,
+    StoreUnavailableError,
     UnreadableRunError,
 )
-from orchestrator.ports import Checkpoint, Interrupted, Outcome, RunSpec, StepCommit
+from orchestrator.ports import CallSlot, Checkpoint, Interrupted, Outcome, RunSpec, StepCommit
 from orchestrator.runs import user_turn
 from toolbox.protocol import ToolCall, ToolResult, from_json, to_json
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 QUEUE = "cad:queue"
 GROUP = "orchestrators"
 DEFAULT_TTL_S = 7 * 24 * 3600
 EVENTS_MAXLEN = 10_000
 _ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _SPEC: TypeAdapter[RunSpec] = TypeAdapter(RunSpec)
-_STARTED = b'{"state":"started"}'
+_STARTED = b'{"state":"started"'  # how a ledger entry of a call that never finished begins
 IDEMPOTENCY_TTL_S = 24 * 3600
 RUNS_INDEX_MAX = 10_000  # the most runs a tenant's index keeps (the newest)
 CLAIM_PENDING_S = 60  # how long a thread claim holds before its run's record is written
@@ -79,6 +99,21 @@ _PREVIEW = 200  # characters of a tool's result that its event carries
 # What Redis raises when it is unreachable or refuses to serve: the REST API answers 503 for these (it
 # names them from here, because this is the one module that imports redis).
 UNAVAILABLE: tuple[type[Exception], ...] = (RedisError, OSError, StoreError)
+# What passes if one waits: Redis unreachable, restarting, loading its data, stalled past the client's
+# timeout, or a replica not yet promoted. A worker retries these with backoff (``orchestrator.worker``).
+_REDIS_TRANSIENT: tuple[type[Exception], ...] = (
+    RedisConnectionError,  # BusyLoadingError (Redis loading its data) is one
+    RedisTimeoutError,
+    ReadOnlyError,
+    TryAgainError,
+    OSError,
+)
+TRANSIENT: tuple[type[Exception], ...] = (*_REDIS_TRANSIENT, StoreUnavailableError)
+
+
+def _store_error(exc: BaseException) -> StoreError:
+    kind = StoreUnavailableError if isinstance(exc, _REDIS_TRANSIENT) else StoreError
+    return kind(f"redis: {type(exc).__name__}: {exc}")
 
 
 def _check_id(kind: str, value: str) -> str:
@@ -192,7 +227,7 @@ class _Batcher:
         except BaseException as exc:  # the connection failed: every caller in the batch hears of it
             for *_, future in batch:
                 if not future.done():
-                    future.set_exception(StoreError(f"redis: {type(exc).__name__}: {exc}"))
+                    future.set_exception(_store_error(exc))
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
@@ -200,7 +235,7 @@ class _Batcher:
             if future.done():
                 continue  # its caller was cancelled; the write itself went through
             if isinstance(reply, Exception):
-                future.set_exception(StoreError(f"redis: {reply}"))
+                future.set_exception(_store_error(reply))
             else:
                 future.set_result(reply)
 
@@ -249,10 +284,13 @@ class RedisStore:
         self._batch = _Batcher(redis)
         self._commit = redis.register_script(lua.COMMIT)
         self._finish = redis.register_script(lua.FINISH)
-        self._renew = redis.register_script(lua.RENEW)
         self._release = redis.register_script(lua.RELEASE)
         self._begin = redis.register_script(lua.BEGIN_CALL)
         self._end = redis.register_script(lua.END_CALL)
+        self._emit = redis.register_script(lua.EMIT)
+        self._fail = redis.register_script(lua.FAIL)
+        self._done = redis.register_script(lua.DONE)
+        self._heartbeat = redis.register_script(lua.HEARTBEAT)
         self._cancel = redis.register_script(lua.CANCEL)
         self._forget = redis.register_script(lua.FORGET)
         self._list = redis.register_script(lua.LIST_RUNS)
@@ -283,37 +321,48 @@ class RedisStore:
             raise StoreError(f"run {spec.run_id}: step {step.step} is not the next step to commit")
 
     async def begin_call(
-        self, spec: RunSpec, step: int, index: int, call: ToolCall
+        self, spec: RunSpec, slot: CallSlot, call: ToolCall
     ) -> ToolResult | Interrupted | None:
-        keys, field = Keys.of(spec.tenant, spec.run_id), f"{step}:{index}"
-        data = {
-            "step": step,
-            "index": index,
-            "call_id": call.id,
-            "name": call.name,
-            "arguments": call.arguments,
-        }
-        args: list[EncodableT] = [field, self._ttl, json.dumps(data, separators=(",", ":")), EVENTS_MAXLEN]
-        found = await self._batch.run(self._begin, [keys.ledger, keys.events], args)
-        if found is None:
-            return None
-        if found == _STARTED:
-            return Interrupted(call)
-        result = from_json(found)
-        if not isinstance(result, ToolResult):
-            raise StoreError(f"run {spec.run_id}: ledger entry {field} is not a tool result")
-        return result
-
-    async def end_call(self, spec: RunSpec, step: int, index: int, result: ToolResult) -> None:
         keys = Keys.of(spec.tenant, spec.run_id)
-        data = {"step": step, "index": index, "call_id": result.call_id, "name": result.name, "ok": result.ok}
+        data = {"step": slot.step, "index": slot.index, "call_id": call.id, "name": call.name}
+        started = {"state": "started", "name": call.name, "index": slot.index}
+        args: list[EncodableT] = [
+            self.worker,
+            slot.entry,
+            slot.position,
+            _compact(started),
+            self._ttl,
+            _compact(data | {"arguments": call.arguments}),
+            EVENTS_MAXLEN,
+        ]
+        reply = await self._batch.run(self._begin, [keys.ledger, keys.events, keys.lease], args)
+        if reply[0] == b"lost":
+            raise LeaseLostError(f"run {spec.run_id}: lease lost before call {slot.entry} began")
+        if reply[0] == b"new":
+            return None
+        if reply[1].startswith(_STARTED):
+            return Interrupted(call)
+        return _replayed(spec, slot, call, reply[1])
+
+    async def end_call(self, spec: RunSpec, slot: CallSlot, result: ToolResult) -> None:
+        keys = Keys.of(spec.tenant, spec.run_id)
+        data = {
+            "step": slot.step,
+            "index": slot.index,
+            "call_id": result.call_id,
+            "name": result.name,
+            "ok": result.ok,
+        }
         data |= _result_preview(result)
-        args: list[EncodableT] = [f"{step}:{index}", to_json(result), json.dumps(data), EVENTS_MAXLEN]
-        await self._batch.run(self._end, [keys.ledger, keys.events], args)
+        args: list[EncodableT] = [self.worker, slot.entry, to_json(result), json.dumps(data), EVENTS_MAXLEN]
+        if not await self._batch.run(self._end, [keys.ledger, keys.events, keys.lease], args):
+            raise LeaseLostError(f"run {spec.run_id}: lease lost before call {slot.entry} ended")
 
     async def emit(self, spec: RunSpec, kind: str, data: dict[str, Any]) -> None:
         keys = Keys.of(spec.tenant, spec.run_id)
-        await self.redis.xadd(keys.events, _event(kind, data), maxlen=EVENTS_MAXLEN, approximate=True)
+        args: list[EncodableT] = [self.worker, kind, _compact(data), EVENTS_MAXLEN]
+        if not await self._batch.run(self._emit, [keys.events, keys.lease], args):
+            raise LeaseLostError(f"run {spec.run_id}: lease lost before its {kind} event")
 
     async def finish(self, spec: RunSpec, outcome: Outcome) -> None:
         keys = Keys.of(spec.tenant, spec.run_id)
@@ -329,17 +378,14 @@ class RedisStore:
         if not await self._batch.run(self._finish, [keys.run, keys.events, keys.lease], args):
             raise LeaseLostError(f"run {spec.run_id}: lease lost before it finished")
 
-    async def fail(self, spec: RunSpec, error: str) -> None:
-        """Record that the run failed through no fault of the model's."""
-        keys = Keys.of(spec.tenant, spec.run_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                keys.run, mapping={"status": "failed", "error": error, "finished_at": repr(time.time())}
-            )
-            pipe.xadd(keys.events, _event("failed", {"error": error}), maxlen=EVENTS_MAXLEN, approximate=True)
-            for key in (keys.run, keys.events):
-                pipe.expire(key, self._ttl)
-            await pipe.execute()
+    async def fail(self, tenant: str, run_id: str, error: str) -> None:
+        """Record that the run failed through no fault of the model's (fenced by the lease like every
+        write of a worker: a worker that lost the run cannot mark it failed)."""
+        keys = Keys.of(tenant, run_id)
+        data = _compact({"error": error})
+        args: list[EncodableT] = [self.worker, error, repr(time.time()), data, EVENTS_MAXLEN, self._ttl]
+        if not await self._batch.run(self._fail, [keys.run, keys.events, keys.lease], args):
+            raise LeaseLostError(f"run {run_id}: lease lost before it was marked failed")
 
     # -- submitting, reading, cancelling -----------------------------------------------------------
 
@@ -478,23 +524,6 @@ class RedisStore:
             found.append((spec, text))
         return found
 
-    async def fail_unreadable(self, tenant: str, run_id: str) -> None:
-        """Record that a run whose record cannot be read failed (its worker holds its lease)."""
-        keys = Keys.of(tenant, run_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            fields: dict[FieldT, EncodableT] = dict(_UNREADABLE_FIELDS.items())
-            fields["finished_at"] = repr(time.time())
-            pipe.hset(keys.run, mapping=fields)
-            pipe.xadd(
-                keys.events,
-                _event("failed", {"error": UNREADABLE_RUN}),
-                maxlen=EVENTS_MAXLEN,
-                approximate=True,
-            )
-            for key in (keys.run, keys.events):
-                pipe.expire(key, self._ttl)
-            await pipe.execute()
-
     async def request_cancel(self, tenant: str, run_id: str) -> str | None:
         """Ask for the run to stop; returns its status after, or ``None`` when there is no such run.
 
@@ -605,8 +634,17 @@ def _idempotency_key(tenant: str, key: str) -> str:
     return f"cad:t:{_check_id('tenant', tenant)}:idem:{hashlib.sha256(key.encode()).hexdigest()[:40]}"
 
 
-def _event(kind: str, data: dict[str, Any]) -> dict[FieldT, EncodableT]:
-    return {"kind": kind, "data": json.dumps(data, separators=(",", ":"))}
+def _compact(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _replayed(spec: RunSpec, slot: CallSlot, call: ToolCall, entry: bytes) -> ToolResult:
+    """The ledgered result of the same call, now answering this call (its id: the call may stand at
+    another index than when it ran)."""
+    result = from_json(entry)
+    if not isinstance(result, ToolResult) or result.name != call.name:
+        raise StoreError(f"run {spec.run_id}: ledger entry {slot.entry} is not a result of {call.name!r}")
+    return dataclasses.replace(result, call_id=call.id)
 
 
 class RunQueue:
@@ -630,48 +668,63 @@ class RunQueue:
                 raise
 
     async def take(self, count: int, block_ms: int) -> list[Claim]:
-        found: Any = await self._redis.xreadgroup(
-            GROUP, self._store.worker, {QUEUE: ">"}, count=count, block=block_ms
+        found: Any = await self._grouped(
+            lambda: self._redis.xreadgroup(
+                GROUP, self._store.worker, {QUEUE: ">"}, count=count, block=block_ms
+            )
         )
-        return [_claim(entry, fields) for _, entries in found for entry, fields in entries]
+        return [_claim(entry, fields) for _, entries in found or () for entry, fields in entries]
 
     async def claim_stale(self, count: int) -> list[Claim]:
-        reply: Any = await self._redis.xautoclaim(
-            QUEUE, GROUP, self._store.worker, self.lease_ms, "0-0", count=count
+        reply: Any = await self._grouped(
+            lambda: self._redis.xautoclaim(
+                QUEUE, GROUP, self._store.worker, self.lease_ms, "0-0", count=count
+            )
         )
         return [_claim(entry, fields) for entry, fields in reply[1] if fields]
+
+    async def _grouped(self, command: Callable[[], Awaitable[T]]) -> T:
+        """Run a command on the consumer group; when Redis has lost the group (it restarted without
+        persistence) make it again, from the stream's start, and run the command once more: runs queued
+        after the restart are taken, not left waiting for a group that no longer exists."""
+        try:
+            return await command()
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+        log.warning("the run queue's consumer group is gone (Redis restarted empty?): making it again")
+        await self.ensure_group()
+        return await command()
 
     async def acquire(self, claim: Claim) -> bool:
         key = Keys.of(claim.tenant, claim.run_id).lease
         return bool(await self._redis.set(key, self._store.worker, nx=True, px=self.lease_ms))
 
     async def heartbeat(self, claims: list[Claim]) -> tuple[list[bool], list[bool]]:
-        """Renew each lease (and reset the entry's idle time); returns (still held, cancel requested)."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for claim in claims:
-                keys = Keys.of(claim.tenant, claim.run_id)
-                await self._store._renew(
-                    keys=[keys.lease], args=[self._store.worker, self.lease_ms], client=pipe
-                )
-                pipe.xclaim(QUEUE, GROUP, self._store.worker, 0, [claim.entry], justid=True)
-                pipe.exists(keys.cancel)
-            replies = await pipe.execute()
-        held = [bool(replies[3 * n]) for n in range(len(claims))]
-        cancelled = [bool(replies[3 * n + 2]) for n in range(len(claims))]
-        return held, cancelled
+        """Renew each lease still held (and reset its entry's idle time); returns (still held, cancel
+        requested). The scripts go to Redis together: one round trip for all."""
+        replies = await asyncio.gather(*(self._beat(claim) for claim in claims))
+        return [bool(held) for held, _ in replies], [bool(cancel) for _, cancel in replies]
+
+    async def _beat(self, claim: Claim) -> tuple[int, int]:
+        keys = Keys.of(claim.tenant, claim.run_id)
+        args: list[EncodableT] = [self._store.worker, self.lease_ms, GROUP, claim.entry]
+        held, cancel = await self._store._batch.run(
+            self._store._heartbeat, [keys.lease, QUEUE, keys.cancel], args
+        )
+        return int(held), int(cancel)
 
     async def depth(self) -> int:
         """Runs queued or running: finished runs are deleted from the stream, so its length is the depth."""
         return int(await self._redis.xlen(QUEUE))
 
-    async def done(self, claim: Claim) -> None:
-        """The run is finished (or was already): remove it from the queue and release its lease."""
-        lease = Keys.of(claim.tenant, claim.run_id).lease
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xack(QUEUE, GROUP, claim.entry)
-            pipe.xdel(QUEUE, claim.entry)
-            await pipe.execute()
-        await self._store._release(keys=[lease], args=[self._store.worker])
+    async def done(self, claim: Claim) -> bool:
+        """The run is finished (or was already): remove it from the queue and release its lease, if this
+        worker still holds the lease (atomically with the check). Returns whether it did."""
+        keys = [QUEUE, Keys.of(claim.tenant, claim.run_id).lease]
+        return bool(
+            await self._store._batch.run(self._store._done, keys, [self._store.worker, GROUP, claim.entry])
+        )
 
     async def release(self, claim: Claim) -> None:
         """Give the run back without finishing it (shutting down): another worker may take it at once."""

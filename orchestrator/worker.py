@@ -4,55 +4,148 @@ Each run is held by a lease that a heartbeat renews; the heartbeat also relays c
 the run and stops a run whose lease another worker took over. A worker that dies (even by SIGKILL)
 stops heartbeating: once its leases lapse, other workers claim its runs and resume them from their last
 committed step, replaying ledgered tool calls instead of running them again.
+
+The worker's two loops (intake: take runs; heartbeat: renew leases, relay cancellations) are supervised:
+a transient Redis error (unreachable, restarting, loading, stalled past the client's timeout) is retried
+with bounded exponential backoff, and a queue whose consumer group vanished (Redis restarted without
+persistence) gets it back. Any other error ends that loop, loudly, and ``check_health`` (what Serve's
+health check calls) raises from then on, so that the replica is replaced.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+import random
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
 
 from orchestrator.errors import (
+    UNREADABLE_RUN,
     LeaseLostError,
     RunNotFoundError,
     StoreError,
+    UnhealthyError,
     UnreadableRunError,
     failure_message,
 )
 from orchestrator.loop import Agent
 from orchestrator.ports import Checkpoint, RunSpec
-from orchestrator.redis_store import Claim, RedisStore, RunQueue
+from orchestrator.redis_store import TRANSIENT, Claim, RedisStore, RunQueue
 from orchestrator.tracing import record_queue_depth, record_run_failed, record_takeover
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Active:
     claim: Claim
     task: asyncio.Task[None]
     cancel: asyncio.Event
+    lost: asyncio.Event
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Bounded exponential backoff with jitter: ``first_s``, doubling up to ``max_s``; each delay is drawn
+    from its upper half, so that replicas that failed together do not retry together."""
+
+    first_s: float = 0.05
+    max_s: float = 2.0
+
+    def delay(self, failures: int) -> float:
+        ceiling = min(self.max_s, self.first_s * 2.0 ** min(max(failures - 1, 0), 30))
+        return ceiling * random.uniform(0.5, 1.0)
+
+
+@dataclass
+class _Loop:
+    """A supervised loop: its body, run again every ``every_s``; its task; the transient errors it retried
+    (``faults``)."""
+
+    name: str
+    body: Callable[[], Awaitable[None]]
+    every_s: float = 0.0
+    task: asyncio.Task[None] | None = None
+    faults: int = 0
+    failures: int = field(default=0, repr=False)  # consecutive, for the backoff
 
 
 class Worker:
-    def __init__(self, store: RedisStore, queue: RunQueue, agent: Agent, *, concurrency: int = 64) -> None:
+    def __init__(
+        self,
+        store: RedisStore,
+        queue: RunQueue,
+        agent: Agent,
+        *,
+        concurrency: int = 64,
+        backoff: Backoff | None = None,
+    ) -> None:
         self._store, self._queue, self._agent = store, queue, agent
         self._concurrency = concurrency
+        self._backoff = backoff or Backoff(max_s=min(2.0, queue.lease_ms / 4000))
         self._active: dict[str, _Active] = {}
+        self._loops = (
+            _Loop("intake", self._fill),
+            _Loop("heartbeat", self._heartbeat, every_s=queue.lease_ms / 4000),
+        )
+        self._halt = asyncio.Event()
+        self._grouped = False  # the queue's consumer group was made (a restart without persistence loses it)
         self.finished = 0
+
+    @property
+    def running(self) -> int:
+        """Runs in progress on this worker."""
+        return len(self._active)
+
+    @property
+    def faults(self) -> dict[str, int]:
+        """The transient store errors each of the worker's loops retried so far, by loop."""
+        return {loop.name: loop.faults for loop in self._loops}
+
+    def check_health(self) -> None:
+        """Raise ``UnhealthyError`` when one of the worker's loops has ended while serving."""
+        for loop in self._loops:
+            if loop.task is not None and loop.task.done() and not self._halt.is_set():
+                cause = None if loop.task.cancelled() else loop.task.exception()
+                raise UnhealthyError(f"the worker's {loop.name} loop is dead: {cause!r}") from cause
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Take and run runs until ``stop`` is set; then give back the runs still in progress."""
-        await self._queue.ensure_group()
-        heartbeat = asyncio.create_task(self._heartbeats())
+        self._halt.clear()
+        for loop in self._loops:
+            loop.task = asyncio.create_task(self._supervise(loop))
         try:
-            while not stop.is_set():
-                await self._fill()
+            await stop.wait()
         finally:
-            heartbeat.cancel()
+            self._halt.set()  # the loops end at their next turn (the intake's read blocks 100 ms at most)
+            await asyncio.gather(*(loop.task for loop in self._loops if loop.task), return_exceptions=True)
             await self._give_back()
 
+    async def _supervise(self, loop: _Loop) -> None:
+        """Run the loop's body until halted; retry transient store errors with backoff; let any other
+        error end the loop (logged here, reported by ``check_health``)."""
+        while not self._halt.is_set():
+            try:
+                await loop.body()
+            except TRANSIENT as exc:
+                loop.faults += 1
+                loop.failures += 1
+                delay = self._backoff.delay(loop.failures)
+                log.warning("%s: store unavailable (%s); retrying in %.2f s", loop.name, exc, delay)
+                await _pause(self._halt, delay)
+                continue
+            except Exception:
+                log.exception("the worker's %s loop died", loop.name)
+                raise
+            loop.failures = 0
+            await _pause(self._halt, loop.every_s)
+
     async def _fill(self) -> None:
+        if not self._grouped:
+            await self._queue.ensure_group()  # here, so that a Redis down at start is retried too
+            self._grouped = True
         room = self._concurrency - len(self._active)
         if room <= 0:
             await asyncio.sleep(0.05)
@@ -61,7 +154,26 @@ class Worker:
         fresh = await self._queue.take(room - len(stale), block_ms=100) if len(stale) < room else []
         # Started together: a burst of runs waits for one round of Redis calls, not one per run.
         starting = [claim for claim in stale + fresh if claim.entry not in self._active]
-        await asyncio.gather(*(self._start(claim, taken_over=claim in stale) for claim in starting))
+        started = await asyncio.gather(
+            *(self._start(claim, taken_over=claim in stale) for claim in starting), return_exceptions=True
+        )
+        for claim, outcome in zip(starting, started, strict=True):
+            if isinstance(outcome, BaseException):
+                await self._not_started(claim, outcome)
+
+    async def _not_started(self, claim: Claim, error: BaseException) -> None:
+        """A claimed run that could not be started: Redis failing is retried (the loop backs off; the run's
+        lease lapses and it is claimed again); a run whose record cannot be read fails alone, instead of
+        taking the worker down."""
+        if isinstance(error, TRANSIENT) or not isinstance(error, Exception):
+            raise error  # (not an Exception: cancellation, or the process going down)
+        if isinstance(error, LeaseLostError):
+            return  # another worker took it between our acquire and our first write
+        log.error("run %s cannot be started", claim.run_id, exc_info=error)
+        record_run_failed()
+        with suppress(LeaseLostError):
+            await self._store.fail(claim.tenant, claim.run_id, failure_message(error))
+            await self._queue.done(claim)
 
     async def _start(self, claim: Claim, *, taken_over: bool) -> None:
         if not await self._queue.acquire(claim):
@@ -69,12 +181,13 @@ class Worker:
         try:
             spec, ckpt, status = await self._store.load(claim.tenant, claim.run_id)
         except RunNotFoundError:
-            status = "missing"
+            status = "missing"  # expired, or lost with a Redis that restarted empty
         except UnreadableRunError as exc:  # it can never run: it fails alone, and the worker goes on
             log.error("run %s of tenant %s cannot be loaded: %s", claim.run_id, claim.tenant, exc)
             if exc.status not in ("finished", "failed"):
                 record_run_failed()
-                await self._store.fail_unreadable(claim.tenant, claim.run_id)
+                await self._fail(claim, UNREADABLE_RUN)
+                return
             status = "failed"
         if status in ("finished", "failed", "missing"):
             await self._queue.done(claim)
@@ -82,13 +195,15 @@ class Worker:
         if taken_over:
             record_takeover()
             await self._store.emit(spec, "resumed", {"worker": self._store.worker, "step": ckpt.step})
-        cancel = asyncio.Event()
-        task = asyncio.create_task(self._run(claim, spec, ckpt, cancel))
-        self._active[claim.entry] = _Active(claim, task, cancel)
+        cancel, lost = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(self._run(claim, spec, ckpt, cancel, lost))
+        self._active[claim.entry] = _Active(claim, task, cancel, lost)
 
-    async def _run(self, claim: Claim, spec: RunSpec, ckpt: Checkpoint, cancel: asyncio.Event) -> None:
+    async def _run(
+        self, claim: Claim, spec: RunSpec, ckpt: Checkpoint, cancel: asyncio.Event, lost: asyncio.Event
+    ) -> None:
         try:
-            await self._agent.run(spec, ckpt, cancel)
+            await self._agent.run(spec, ckpt, cancel, lost=lost)
             await self._queue.done(claim)
             self.finished += 1
         except LeaseLostError:
@@ -100,29 +215,43 @@ class Worker:
             # Our fault or the infrastructure's, not the model's: record it, so the run does not loop.
             log.exception("run %s failed", spec.run_id)
             record_run_failed()
-            await self._store.fail(spec, failure_message(exc))  # the details stay in the log above
-            await self._queue.done(claim)
+            await self._fail(claim, failure_message(exc))  # the details stay in the log above
         finally:
             self._active.pop(claim.entry, None)
 
-    async def _heartbeats(self) -> None:
-        while True:
-            await asyncio.sleep(self._queue.lease_ms / 4000)
-            record_queue_depth(await self._queue.depth())
-            active = list(self._active.values())
-            if not active:
-                continue
+    async def _fail(self, claim: Claim, error: str) -> None:
+        try:
+            await self._store.fail(claim.tenant, claim.run_id, error)
+            await self._queue.done(claim)
+        except LeaseLostError:
+            log.info("run %s: lease lost; not marked failed here", claim.run_id)
+        except StoreError:
+            log.warning("run %s: store error while marking it failed", claim.run_id, exc_info=True)
+
+    async def _heartbeat(self) -> None:
+        active = list(self._active.values())
+        if active:
             held, cancelled = await self._queue.heartbeat([one.claim for one in active])
             for one, is_held, is_cancelled in zip(active, held, cancelled, strict=True):
                 if not is_held:
-                    one.task.cancel()  # another worker owns the run now; our view of it is stale
+                    one.lost.set()  # another worker owns the run now; our view of it is stale
                 elif is_cancelled:
                     one.cancel.set()
+        record_queue_depth(await self._queue.depth())
 
     async def _give_back(self) -> None:
         active = list(self._active.values())
         for one in active:
+            one.lost.set()  # the run stops at its next step boundary even if it swallows the cancellation
             one.task.cancel()
         await asyncio.gather(*(one.task for one in active), return_exceptions=True)
         for one in active:
-            await self._queue.release(one.claim)
+            with suppress(*TRANSIENT):
+                await self._queue.release(one.claim)
+
+
+async def _pause(halt: asyncio.Event, seconds: float) -> None:
+    """Wait ``seconds``, or less if ``halt`` is set meanwhile."""
+    with suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await halt.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -132,7 +133,10 @@ def test_cancel_a_queued_run(idle: httpx.Client) -> None:
 def test_cancel_a_run_in_progress(client: httpx.Client) -> None:
     body = {"input": "slow", "tools": ["pause"], "limits": {"max_steps": 1000}}
     run = client.post("/v1/runs", json=body, headers=A).json()
-    wait_for(client, run["id"], "in_progress")
+    # A run is in progress from the moment a worker takes it; it is cancelled here once a step is committed
+    # (cancelled before that, it would rightly end with no step).
+    while wait_for(client, run["id"], "in_progress")["steps"] < 1:
+        time.sleep(0.05)
     assert client.post(f"/v1/runs/{run['id']}/cancel", headers=A).status_code == 200
     done = wait_for(client, run["id"], "cancelled")
     assert done["stop_reason"] == "cancelled"

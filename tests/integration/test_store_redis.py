@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
 from redis.asyncio import Redis
 
 from orchestrator import redis_store
+from orchestrator.calls import digest
 from orchestrator.engines import Latency, ScriptedEngine
 from orchestrator.errors import LeaseLostError, RunNotFoundError
 from orchestrator.loop import Agent
 from orchestrator.memory import FunctionExecutor
-from orchestrator.ports import Limits, RunSpec, StepCommit
+from orchestrator.ports import CallSlot, Chunk, CompletionRequest, Limits, RunSpec, StepCommit
 from orchestrator.redis_store import QUEUE, RedisStore, RunQueue
 from orchestrator.runs import first_checkpoint, new_run
 from orchestrator.worker import Worker
-from toolbox.protocol import ToolSpec
+from toolbox.protocol import ToolCall, ToolResult, ToolSpec
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -85,7 +86,9 @@ def test_a_run_persists_exact_turns_steps_events_and_ledger(redis_url: str) -> N
         assert all(k.startswith("cad:t:acme:") for k in keys if k != QUEUE)
         ttls = [await client.ttl(k) for k in keys if k != QUEUE]
         assert ttls and all(0 < ttl <= 3600 for ttl in ttls), dict(zip(keys, ttls, strict=False))
-        assert await client.hlen(f"cad:t:acme:run:{spec.run_id}:ledger") == 4
+        ledger = [field.decode() for field in await client.hkeys(f"cad:t:acme:run:{spec.run_id}:ledger")]
+        assert len([field for field in ledger if "@" not in field]) == 4  # one entry per call
+        assert sorted(field for field in ledger if "@" in field) == ["0@0", "0@1", "1@0", "1@1"]
 
     with_redis(redis_url, body)
 
@@ -282,5 +285,118 @@ def test_tool_events_tell_each_call_with_its_arguments_and_result(redis_url: str
         assert "ZeroDivisionError" in second["error"]["message"]
         kinds = [e.kind for e in events]
         assert kinds.index("tool_call") < kinds.index("tool_result") < kinds.index("step")
+
+    with_redis(redis_url, body)
+
+
+SEND_EMAIL = ToolSpec(
+    "send_email", "Send an email.", {"type": "object", "properties": {"to": {"type": "string"}}}
+)
+CHARGE_CARD = ToolSpec(
+    "charge_card", "Charge a card.", {"type": "object", "properties": {"cents": {"type": "integer"}}}
+)
+
+
+class DiesBeforeCommit(RedisStore):
+    """Its worker dies once the step's calls are done, before the step is committed."""
+
+    async def commit(self, spec: RunSpec, step: StepCommit) -> None:
+        raise Crash
+
+
+def test_a_different_call_after_a_take_over_runs_and_is_never_handed_the_old_result(redis_url: str) -> None:
+    async def body(client: Redis) -> None:
+        spec = new_run(tenant="acme", thread_id="pay", tools=[SEND_EMAIL, CHARGE_CARD])
+        await RedisStore(client).submit(spec, first_checkpoint(spec, []), "pay and tell")
+        lease = f"cad:t:acme:run:{spec.run_id}:lease"
+        tools = {"send_email": lambda to: f"sent to {to}", "charge_card": lambda cents: f"charged {cents}"}
+        await client.set(lease, "w1")
+        first = DiesBeforeCommit(client, worker="w1")
+        _, ckpt, _ = await first.load(spec.tenant, spec.run_id)
+        with pytest.raises(Crash):
+            await Agent(ScriptedEngine([call("send_email", to="bob")]), FunctionExecutor(tools), first).run(
+                spec, ckpt
+            )
+        await client.set(lease, "w2")  # taken over; the step is sampled again and comes out different
+        second = RedisStore(client, worker="w2")
+        _, ckpt, _ = await second.load(spec.tenant, spec.run_id)
+        executor = FunctionExecutor(tools)
+        engine = ScriptedEngine([call("charge_card", cents=500), "done"])
+        assert (await Agent(engine, executor, second).run(spec, ckpt)).stop_reason == "answer"
+        assert [(made.name, made.arguments) for made in executor.calls] == [("charge_card", {"cents": 500})]
+        tool_turn = engine.requests[1].prompt.split("<|im_start|>tool")[-1]
+        assert "charged 500" in tool_turn and "sent to" not in tool_turn
+        superseded = [
+            e.data for e in await second.events(spec.tenant, spec.run_id) if e.kind == "call_superseded"
+        ]
+        assert [
+            (s["index"], s["name"], s["superseded"]["name"], s["superseded"]["state"]) for s in superseded
+        ] == [(0, "charge_card", "send_email", "done")]
+
+    with_redis(redis_url, body)
+
+
+def test_a_worker_that_lost_its_lease_writes_nothing_for_the_run(redis_url: str) -> None:
+    async def body(client: Redis) -> None:
+        stale = RedisStore(client, worker="w1")
+        queue = RunQueue(stale)
+        await queue.ensure_group()
+        spec = await submit(stale)
+        [claim] = await queue.take(1, block_ms=100)
+        assert await queue.acquire(claim)
+        await client.set(f"cad:t:acme:run:{spec.run_id}:lease", "w2")  # another worker took the run over
+        made = ToolCall("call_0_0", "incr", {"n": 1})
+        slot = CallSlot(0, 0, digest(made))
+        writes = [
+            stale.fail(spec.tenant, spec.run_id, "boom"),
+            stale.emit(spec, "delta", {"step": 0, "text": "hi"}),
+            stale.begin_call(spec, slot, made),
+            stale.end_call(spec, slot, ToolResult(made.id, made.name, content=2)),
+        ]
+        for write in writes:
+            with pytest.raises(LeaseLostError):
+                await write
+        assert not await queue.done(claim)
+        assert (await stale.status(spec.tenant, spec.run_id))["status"] == "queued"
+        assert await stale.events(spec.tenant, spec.run_id) == []
+        assert not await client.exists(f"cad:t:acme:run:{spec.run_id}:ledger")
+        assert (
+            await client.xlen(QUEUE) == 1 and await client.get(f"cad:t:acme:run:{spec.run_id}:lease") == b"w2"
+        )
+
+    with_redis(redis_url, body)
+
+
+class TakenOverThenFailing:
+    """An engine whose run is taken over by another worker (its lease now names ``w2``), after which the
+    engine fails: the run's first worker must neither mark the live run failed nor drop its queue entry."""
+
+    model = "stale"
+
+    def __init__(self, redis: Redis, lease: str) -> None:
+        self._redis, self._lease = redis, lease
+
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[Chunk, None]:
+        await self._redis.set(self._lease, "w2")
+        raise RuntimeError("the engine failed")
+        yield Chunk()  # an async generator, as the port asks
+
+
+def test_a_stale_worker_cannot_mark_a_live_run_failed_or_drop_its_queue_entry(redis_url: str) -> None:
+    async def body(client: Redis) -> None:
+        store = RedisStore(client, worker="w1")
+        spec = await submit(store)
+        lease = f"cad:t:acme:run:{spec.run_id}:lease"
+        agent = Agent(TakenOverThenFailing(client, lease), FunctionExecutor({}), store)
+        worker = Worker(store, RunQueue(store, lease_ms=1000), agent)
+        stop = asyncio.Event()
+        serving = asyncio.create_task(worker.serve(stop))
+        while await client.get(lease) != b"w2" or worker.running:
+            await asyncio.sleep(0.02)
+        stop.set()
+        await serving
+        assert (await store.status("acme", spec.run_id))["status"] == "queued"
+        assert [e.kind for e in await store.events("acme", spec.run_id)] == []
+        assert await client.xlen(QUEUE) == 1 and await client.get(lease) == b"w2"
 
     with_redis(redis_url, body)

@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncGenerator
+from contextlib import suppress
 from typing import Any
 
 import pytest
 
+from orchestrator.calls import digest
 from orchestrator.engines import Latency, ScriptedEngine
-from orchestrator.errors import ScriptError
+from orchestrator.errors import LeaseLostError, ScriptError
 from orchestrator.loop import Agent
 from orchestrator.memory import FunctionExecutor, MemoryStore
-from orchestrator.ports import Checkpoint, Limits, Outcome, RunSpec
+from orchestrator.ports import (
+    CallSlot,
+    Checkpoint,
+    Chunk,
+    CompletionRequest,
+    Limits,
+    Outcome,
+    RunSpec,
+    StepCommit,
+)
 from orchestrator.runs import first_checkpoint, new_run, user_turn
-from toolbox.protocol import ToolResult, ToolSpec
+from toolbox.protocol import ToolCall, ToolResult, ToolSpec
 
 ADD = ToolSpec(
     name="add",
@@ -213,14 +225,122 @@ def test_context_overflow_is_a_stop_reason_not_an_engine_error() -> None:
     assert engine.requests == []
 
 
+def ledgered(store: MemoryStore, spec: RunSpec, step: int, *entries: tuple[ToolCall, Any]) -> None:
+    """What an earlier attempt at ``step`` left in the ledger before its worker died: each call, at its index,
+    with its result (``None``: it started and never finished)."""
+
+    async def write() -> None:
+        for index, (made, content) in enumerate(entries):
+            slot = CallSlot(step, index, digest(made))
+            assert await store.begin_call(spec, slot, made) is None
+            if content is not None:
+                await store.end_call(spec, slot, ToolResult(made.id, made.name, content=content))
+
+    asyncio.run(write())
+
+
 def test_resume_replays_ledgered_calls_and_reports_interrupted_ones() -> None:
     outputs = [call("add", a=1, b=2) + call("add", a=3, b=4), "done"]
     agent, engine, executor, store, spec, ckpt = setup(outputs)
-    store.ledger[(spec.run_id, 0, 0)] = None  # started before a crash, never finished
-    store.ledger[(spec.run_id, 0, 1)] = ToolResult("call_0_1", "add", content=7)
+    first, second = (
+        ToolCall("call_0_0", "add", {"a": 1, "b": 2}),
+        ToolCall("call_0_1", "add", {"b": 4, "a": 3}),
+    )
+    ledgered(store, spec, 0, (first, None), (second, 7))  # the first started, never finished
     assert run(agent, spec, ckpt).stop_reason == "answer"
     assert executor.calls == []
     assert '"content": 7' in engine.requests[1].prompt and '"crashed"' in engine.requests[1].prompt
+
+
+def test_a_step_sampled_again_replays_a_result_only_to_the_identical_call() -> None:
+    """After a take-over the step is sampled again: a call that ran before gets its own result back
+    wherever it now stands, and a different call at a ledgered index runs (it is never handed the result
+    of the call that stood there); the replaced call is reported."""
+    outputs = [call("add", a=3, b=4) + call("add", a=5, b=6), "done"]
+    agent, engine, executor, store, spec, ckpt = setup(outputs)
+    ledgered(
+        store,
+        spec,
+        0,
+        (ToolCall("call_0_0", "add", {"a": 1, "b": 2}), 3),
+        (ToolCall("call_0_1", "add", {"a": 3, "b": 4}), 7),
+    )
+    assert run(agent, spec, ckpt).stop_reason == "answer"
+    assert [made.arguments for made in executor.calls] == [{"a": 5, "b": 6}]
+    tool_turn = engine.requests[1].prompt.split("<|im_start|>tool")[-1]
+    assert '"content": 7' in tool_turn and '"content": 11' in tool_turn and '"content": 3' not in tool_turn
+    superseded = [data for kind, data in store.events[spec.run_id] if kind == "call_superseded"]
+    assert [(data["index"], data["superseded"]["state"]) for data in superseded] == [(1, "done")]
+
+
+class SwallowingEngine(ScriptedEngine):
+    """A scripted engine whose stream, once ``cancel`` is set, ends by waiting on a write in flight that
+    swallows the step's cancellation: what ``asyncio.wait_for`` does on Python 3.11 when the write it waits
+    on completes as the cancellation arrives. The step then runs on to its end."""
+
+    def __init__(self, script: Any, cancel: asyncio.Event) -> None:
+        super().__init__(script)
+        self._cancel = cancel
+
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[Chunk, None]:
+        async for chunk in super().stream(request):
+            if chunk.finish_reason is not None and self._cancel.is_set():
+                with suppress(asyncio.CancelledError):
+                    await asyncio.Event().wait()
+            yield chunk
+
+
+class SignallingStore(MemoryStore):
+    """Sets ``event`` while it commits a step: as the heartbeat relays a cancellation (or a lost lease)
+    outside the step's wait, between two steps."""
+
+    def __init__(self, event: asyncio.Event) -> None:
+        super().__init__()
+        self._event = event
+
+    async def commit(self, spec: RunSpec, step: StepCommit) -> None:
+        await super().commit(spec, step)
+        self._event.set()
+
+
+def swallowing_run(*, lease_lost: bool) -> tuple[ScriptedEngine, SignallingStore, RunSpec, Any]:
+    event = asyncio.Event()
+    engine = SwallowingEngine(lambda prompt: call("add", a=prompt.count("tool_response"), b=1), event)
+    store = SignallingStore(event)
+    spec = new_run(tenant="t1", thread_id="th1", tools=[ADD], limits=Limits(max_steps=5))
+    agent = Agent(engine, FunctionExecutor({"add": lambda a, b: a + b}), store)
+    ckpt = first_checkpoint(spec, [user_turn("count")])
+    signals: dict[str, asyncio.Event] = {"lost": event} if lease_lost else {"cancel": event}
+    return engine, store, spec, agent.run(spec, ckpt, **signals)
+
+
+def test_a_cancellation_relayed_while_a_step_commits_ends_the_run_at_that_boundary() -> None:
+    engine, store, spec, running = swallowing_run(lease_lost=False)
+    outcome = asyncio.run(running)
+    assert (outcome.stop_reason, outcome.steps) == ("cancelled", 1)
+    assert len(engine.requests) == 1 and store.outcomes[spec.run_id].stop_reason == "cancelled"
+
+
+def test_a_lease_lost_while_a_step_commits_ends_the_run_at_that_boundary() -> None:
+    engine, store, spec, running = swallowing_run(lease_lost=True)
+    with pytest.raises(LeaseLostError):
+        asyncio.run(running)
+    assert len(engine.requests) == 1 and spec.run_id not in store.outcomes
+
+
+def test_a_cancellation_that_the_step_swallows_still_ends_the_run() -> None:
+    cancel = asyncio.Event()
+
+    def script(prompt: str) -> str:
+        if prompt.count("<tool_response>") == 1:
+            cancel.set()  # mid-step: the step's task is cancelled at the write it waits on, and swallows it
+        return call("add", a=prompt.count("tool_response"), b=1)
+
+    agent, engine, _, store, spec, ckpt = setup(script, limits={"max_steps": 5})
+    engine = SwallowingEngine(script, cancel)
+    agent = Agent(engine, FunctionExecutor({"add": lambda a, b: a + b}), store)
+    outcome = run(agent, spec, ckpt, cancel)
+    assert (outcome.stop_reason, outcome.steps) == ("cancelled", 1)
 
 
 def test_scripted_engine_reports_unused_and_missing_outputs() -> None:

@@ -14,7 +14,7 @@ UV_SYNC := $(UV) pip sync --python $(BIN)/python --require-hashes --find-links $
 # The stamp names a hash of the lock and of pyproject.toml, so a new lock or entry point reinstalls.
 STAMP := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test demo check lint typecheck imports pytest install sync lock envcheck clean bench bench-parse bench-chaos bench-local bench-loop bench-service helm-check
+.PHONY: test demo check lint typecheck imports pytest install sync lock envcheck clean bench bench-parse bench-chaos bench-engine bench-affinity bench-loop bench-service helm-check
 
 install: $(STAMP)
 
@@ -86,7 +86,7 @@ demo: envcheck
 	$(BIN)/caduceus demo
 
 # Benchmarks print a table and, last, one RESULT {json} line each.
-bench: bench-parse bench-chaos bench-loop bench-local bench-service
+bench: bench-parse bench-chaos bench-loop bench-engine bench-affinity bench-service
 
 bench-parse: install
 	$(BIN)/python bench/parse.py
@@ -94,8 +94,11 @@ bench-parse: install
 bench-chaos: install
 	$(BIN)/python bench/chaos.py
 
-bench-local: install
-	$(BIN)/python bench/local_engine.py
+bench-engine: envcheck
+	$(BIN)/python bench/engine.py
+
+bench-affinity: envcheck
+	$(BIN)/python bench/affinity.py
 
 bench-service: install
 	$(BIN)/python bench/service.py

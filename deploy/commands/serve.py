@@ -1,8 +1,8 @@
 """``caduceus serve``: the whole service on this machine until Ctrl-C (``deploy.local_service``).
 
-Without ``--config``, one model: SmolLM2-135M on the CPU (``--model PATH`` for another GGUF file or model
-directory), or ``--scripted`` for the scripted Hermes engine. With ``--config FILE``, the same document a
-RayService's ``serveConfigV2`` passes to ``deploy.app:build_app``.
+Without ``--config``, one model: SmolLM2-135M on vLLM's CPU backend (``--model PATH`` for another model
+directory or GGUF file), or ``--scripted`` for the scripted Hermes engine. With ``--config FILE``, the
+same document a RayService's ``serveConfigV2`` passes to ``deploy.app:build_app``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def config_of(args: argparse.Namespace) -> ServiceConfig:
         return load_config_file(args.config)
     if args.scripted:
         return load_config({"models": [{"preset": "hermes-3-3b", "engine": "scripted"}]}, source="serve")
-    local: dict[str, Any] = {"engine": "local", **({"model_source": args.model} if args.model else {})}
+    local: dict[str, Any] = {"device": "cpu", **({"model_source": args.model} if args.model else {})}
     return load_config({"models": [local]}, source="serve")
 
 

@@ -1,10 +1,9 @@
-"""Constraint documents (xgrammar structural tags) built from tool specs, and the stop-string scanner."""
+"""Constraint documents (xgrammar structural tags) built from tool specs."""
 
 from __future__ import annotations
 
 import pytest
 
-from orchestrator.local_model import _StopScanner
 from toolbox.hermes.constraint import json_answer, tool_calls
 from toolbox.protocol import ToolSpec
 
@@ -34,18 +33,3 @@ def test_json_answer() -> None:
         "type": "structural_tag",
         "format": {"type": "json_schema", "json_schema": {"type": "object"}},
     }
-
-
-@pytest.mark.parametrize(
-    ("pending", "safe", "stopped"),
-    [
-        ("hello", "hello", False),
-        ("hello <|im", "hello ", False),
-        ("hello <|im_end|> more", "hello ", True),
-        ("a<", "a", False),
-        ("STOP here", "", True),
-        ("xST", "x", False),
-    ],
-)
-def test_stop_scanner_holds_back_partial_stops(pending: str, safe: str, stopped: bool) -> None:
-    assert _StopScanner(["<|im_end|>", "STOP"]).split(pending) == (safe, stopped)

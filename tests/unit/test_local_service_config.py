@@ -17,10 +17,10 @@ def _args(**given: object) -> argparse.Namespace:
     return argparse.Namespace(**{"config": None, "model": None, "scripted": False, **given})
 
 
-def test_serve_defaults_to_the_local_model_and_takes_a_model_path_or_the_script() -> None:
+def test_serve_defaults_to_smollm2_on_vllm_on_the_cpu_and_takes_a_model_path_or_the_script() -> None:
     local = config_of(_args())
-    assert [(m.engine, m.served_name, m.model_source) for m in local.models] == [
-        ("local", "smollm2-135m", None)
+    assert [(m.engine, m.device, m.served_name, m.model_source) for m in local.models] == [
+        ("vllm", "cpu", "smollm2-135m", None)
     ]
     assert local.models[0].constrained_by_default and local.models[0].resource is None
     assert config_of(_args(model="/m/hermes.gguf")).models[0].model_source == "/m/hermes.gguf"
@@ -44,7 +44,7 @@ def test_the_local_cluster_gets_fake_gpus_only_for_scripted_layouts_and_every_pi
         {
             "models": [
                 {"preset": "hermes-2-theta-70b", "engine": "scripted"},
-                {"engine": "local", "ray_resource": "cpu-models"},
+                {"device": "cpu", "ray_resource": "cpu-models"},
             ]
         }
     )

@@ -1,10 +1,9 @@
-"""The local model on Ray Serve LLM's production serving path: an LLMServer deployment whose engine is
-``deploy.local_llm.LocalLLMEngine`` (SmolLM2-135M on one CPU), on a local Ray with no GPU at all.
+"""The real engine: Ray Serve LLM's own ``LLMServer`` with vLLM's CPU backend serving SmolLM2-135M, as the
+one model of the whole service (``deploy.app.build_app``) on the session's Ray cluster.
 
-The replica loads the model once for the module (~20 s), as the one model of the whole service
-(``deploy.app.build_app``) on the session's Ray cluster. The engine tests send vLLM's
-``CompletionRequest`` through the deployment handle, streamed or not, as the orchestrator does; the service
-tests run the demo task over REST, through the orchestrator and the sandboxed tool workers.
+The replica starts once for the module (vLLM's start-up costs tens of seconds). The engine tests send
+vLLM's ``CompletionRequest`` through the deployment handle, streamed or not, as the orchestrator does; the
+service tests run the demo task over REST, through the orchestrator and the sandboxed tool workers.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from ray.util import placement_group_table
 
 from deploy import service_demo
 from deploy.app import LLM_PREFIX, build_app
-from orchestrator.local_model import smollm2_path
+from deploy.model_files import model_directory
 from tests.integration.ray_cluster import KEYS_ENV, REDIS_ENV, RayTestCluster
 from toolbox.hermes import STOP, parse, render_prompt, validate
 from toolbox.hermes.constraint import json_answer, tool_calls
@@ -62,8 +61,9 @@ COUNT = render_prompt([UserMessage("Count from 1 to 1000, separated by commas.")
 
 @pytest.fixture(scope="module")
 def service(ray_cluster: RayTestCluster) -> Iterator[httpx.Client]:
-    """The whole service (``build_app``) with the local model as its one LLM deployment, on the session's
-    Ray cluster: the engine tests below call the deployment's handle, the service tests go over REST."""
+    """The whole service (``build_app``) with SmolLM2 on vLLM (CPU) as its one LLM deployment, on the
+    session's Ray cluster: the engine tests below call the deployment's handle, the service tests go over
+    REST."""
     config = service_demo.demo_config(None, scripted=False).model_dump(mode="json")
     config |= {"redis": {"url_env": REDIS_ENV}, "api_keys_env": KEYS_ENV}
     serve.run(build_app(config), name=APP, route_prefix="/")
@@ -84,8 +84,7 @@ def tokens() -> Any:
     """Counts a prompt's tokens with the model's own tokenizer (the weights stay in the replica)."""
     from transformers import AutoTokenizer  # noqa: PLC0415
 
-    path = smollm2_path()
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    tokenizer = AutoTokenizer.from_pretrained(model_directory(None))
     return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
 
 
@@ -108,12 +107,13 @@ def whole(handle: Any, req: CompletionRequest) -> Any:
     return response
 
 
-def test_the_replica_reserves_one_cpu_and_no_gpu(handle: Any) -> None:
+def test_the_replica_and_its_engine_worker_hold_cpu_bundles_and_no_gpu(handle: Any) -> None:
     groups = [
         g for g in placement_group_table().values() if g["state"] == "CREATED" and NAME in str(g["name"])
     ]
-    # One bundle: the replica's own CPU; no GPU although the cluster has sixteen.
-    assert [group["bundles"] for group in groups] == [{0: {"CPU": 1.0}}]
+    # One group of one bundle: the replica's CPU and its vLLM worker's CPU; no GPU although the cluster
+    # has sixteen.
+    assert [group["bundles"] for group in groups] == [{0: {"CPU": 2.0}}]
 
 
 def test_a_constrained_greedy_call_streams_with_usage_and_repeats(handle: Any, tokens: Any) -> None:

@@ -9,14 +9,16 @@ service tests run the demo task over REST, through the orchestrator and the sand
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+import ray
 from ray import serve
-from ray.serve.llm.openai_api_models import CompletionRequest, CompletionResponse, ErrorResponse
+from ray.serve.llm.openai_api_models import CompletionRequest
 from ray.util import placement_group_table
 
 from deploy import service_demo
@@ -28,7 +30,7 @@ from toolbox.hermes.constraint import json_answer, tool_calls
 from toolbox.protocol import UserMessage
 from toolbox.schema import tool_spec
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 NAME = "smollm2-135m"
 APP = "caduceus-local"
 
@@ -90,16 +92,21 @@ def tokens() -> Any:
 
 def request(prompt: str, max_tokens: int, **options: Any) -> CompletionRequest:
     options = {"temperature": 0.0, "stop": list(STOP), "skip_special_tokens": False, **options}
+    if options.get("stream"):
+        options["stream_options"] = {"include_usage": True}  # as the orchestrator asks (completion_body)
     return CompletionRequest(model=NAME, prompt=prompt, max_tokens=max_tokens, **options)
 
 
-def streamed(handle: Any, req: CompletionRequest) -> tuple[str, dict[str, Any]]:
-    """The text of a streamed completion and its last event (LLMServer yields batches of events)."""
+def streamed(handle: Any, req: CompletionRequest) -> tuple[str, str, dict[str, Any]]:
+    """The text of a streamed completion, its finish reason and its usage (LLMServer yields batches of
+    events; with ``include_usage`` the last event has no choices, only the usage)."""
     lines = [line for batch in handle.options(stream=True).completions.remote(req) for line in batch]
     assert lines[-1] == "data: [DONE]\n\n"
     events = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
-    assert all(event["choices"][0]["finish_reason"] is None for event in events[:-1])
-    return "".join(event["choices"][0]["text"] for event in events), events[-1]
+    choices = [choice for event in events for choice in event["choices"]]
+    assert all(choice["finish_reason"] is None for choice in choices[:-1])
+    usage = events[-1]["usage"]
+    return "".join(choice["text"] for choice in choices), choices[-1]["finish_reason"], usage
 
 
 def whole(handle: Any, req: CompletionRequest) -> Any:
@@ -119,12 +126,11 @@ def test_the_replica_and_its_engine_worker_hold_cpu_bundles_and_no_gpu(handle: A
 def test_a_constrained_greedy_call_streams_with_usage_and_repeats(handle: Any, tokens: Any) -> None:
     constraint = tool_calls(SPECS, require=True, single=True)  # a required turn (loop.constraint_for)
     req = request(PROMPT, 60, stream=True, structured_outputs={"structural_tag": json.dumps(constraint)})
-    text, last = streamed(handle, req)
+    text, finish, usage = streamed(handle, req)
     calls = parse(text).tool_calls
     assert len(calls) == 1 and calls[0].name in ("multiply", "add"), text
     assert validate(calls[0], SPECS) is None
-    assert last["choices"][0]["finish_reason"] == "stop"  # the grammar ended the turn after one call
-    usage = last["usage"]
+    assert finish == "stop"  # the grammar ended the turn after one call
     assert usage["prompt_tokens"] == tokens(PROMPT)
     assert 0 < usage["completion_tokens"] <= 60
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
@@ -137,31 +143,62 @@ def test_a_constrained_greedy_call_streams_with_usage_and_repeats(handle: Any, t
 
 def test_max_tokens_stop_strings_seed_and_the_context_limit(handle: Any, tokens: Any) -> None:
     response = whole(handle, request(STORY, 12))
-    assert isinstance(response, CompletionResponse)
+    assert type(response).__name__ == "CompletionResponse", response
     text = response.choices[0].text
     assert response.choices[0].finish_reason == "length"
     assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (tokens(STORY), 12)
 
     stop = text.split()[3]  # a word the greedy output is known to reach
-    cut, last = streamed(handle, request(STORY, 12, stop=[stop], stream=True))
-    assert cut == text[: text.index(stop)] and last["choices"][0]["finish_reason"] == "stop"
+    cut, finish, _ = streamed(handle, request(STORY, 12, stop=[stop], stream=True))
+    assert cut == text[: text.index(stop)] and finish == "stop"
 
     sampled = request(STORY, 8, temperature=1.0, seed=7)
     assert whole(handle, sampled).choices[0].text == whole(handle, sampled).choices[0].text
 
     refused = whole(handle, request(STORY, 8192))
-    assert isinstance(refused, ErrorResponse) and refused.error.code == 400
+    assert type(refused).__name__ == "ErrorResponse" and refused.error.code == 400, refused
     assert "maximum context length is 8192" in refused.error.message
 
 
-def test_a_consumer_that_stops_reading_stops_the_generation(handle: Any) -> None:
-    # Greedy counting runs to max_tokens: minutes on one CPU, unless the cancellation stops it.
-    response = handle.options(stream=True).completions.remote(request(COUNT, 4000, stream=True))
+def running() -> float:
+    """vLLM's own count of requests it is generating, as Ray exports it (``vllm:num_requests_running``)
+    from the node that runs the replica (each node's metrics agent serves its own processes)."""
+    urls = [
+        f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics"
+        for n in ray.nodes()
+        if n["Alive"]
+    ]
+    lines = [line for url in urls for line in httpx.get(url, timeout=10).text.splitlines()]
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in lines
+        if re.match(r"^\S*vllm.num_requests_running[{ ]", line)
+    ]
+    assert values, "Ray exports no vllm:num_requests_running gauge"
+    return sum(values)
+
+
+def settles(want: float, deadline_s: float = 90) -> float:
+    """The gauge once it reads ``want``, or its last value at the deadline (Ray exports every few seconds)."""
+    value = running()
+    for _ in range(int(deadline_s)):
+        if value == want:
+            break
+        time.sleep(1)
+        value = running()
+    return value
+
+
+def test_a_consumer_that_stops_reading_aborts_the_generation_in_vllm(handle: Any) -> None:
+    # Greedy counting to 4000 tokens runs for many minutes on one CPU, unless the cancellation aborts it.
+    response = handle.options(stream=True).completions.remote(
+        request(COUNT, 4000, stream=True, ignore_eos=True)
+    )
     assert next(iter(response))
+    assert settles(1) == 1  # vLLM is generating it
     response.cancel()
-    started = time.monotonic()
+    assert settles(0) == 0  # and no longer: the request was aborted in vLLM
     assert whole(handle, request(STORY, 4)).choices[0].finish_reason == "length"
-    assert time.monotonic() - started < 30  # the replica's one generation slot was free again
 
 
 def _run(service: httpx.Client) -> tuple[dict[str, Any], list[dict[str, str]]]:

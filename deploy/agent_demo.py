@@ -27,7 +27,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from deploy.demo_tools import demo_registry, narrowed
+from deploy.demo_tools import ANSWER_INSTRUCTION, demo_registry, narrowed
 from deploy.local_redis import redis_url
 from orchestrator.engines import OpenAICompletionsEngine
 from orchestrator.loop import Agent
@@ -151,6 +151,7 @@ async def run_demo(engine: ChatEngine, write: Callable[[str], None] = print) -> 
         sampling=Sampling(temperature=0.0, seed=0),
         constrained=True,
         tool_choice=TOOL_CHOICE,
+        answer_instruction=ANSWER_INSTRUCTION,
     )
     started = time.monotonic()
     with redis_url() as url:

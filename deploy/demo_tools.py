@@ -14,6 +14,13 @@ from typing import Any
 from toolbox.protocol import ToolSpec
 from workers.registry import ToolRegistry, builtin_registry
 
+#: Shown to the model on the turn that must answer in words (``RunRequest.answer_instruction``): a small
+#: model asked at the start of the task forgets; asked here, it reads the results back.
+ANSWER_INSTRUCTION = (
+    "Reply to the user in one short sentence that says what the calculator returned and what the files "
+    "tool wrote."
+)
+
 #: Narrower schemas than the tools' own, offered to the model (each still valid for the real tool).
 NARROW: dict[str, dict[str, Any]] = {
     "calculator": {"expression": {"type": "string", "pattern": "^[0-9]{1,4} [*+/-] [0-9]{1,4}$"}},

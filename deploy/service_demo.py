@@ -23,6 +23,7 @@ from deploy.commands.api_client import ApiClient, ClientError
 from deploy.commands.client import follow
 from deploy.commands.progress import Progress
 from deploy.config import ServiceConfig, load_config
+from deploy.demo_tools import ANSWER_INSTRUCTION
 from deploy.local_redis import free_port
 from deploy.local_service import LOCAL_TENANT, LocalService, local_service
 from orchestrator.ports import conversation_key
@@ -46,6 +47,7 @@ def request() -> dict[str, Any]:
         "input": QUESTION,
         "tools": TOOLS,
         "tool_choice": TOOL_CHOICE,
+        "answer_instruction": ANSWER_INSTRUCTION,
         "constrained": True,
         "temperature": 0,
         "seed": 0,

@@ -68,10 +68,11 @@ def omitted_note(count: int) -> str:
     )
 
 
-def render(prefix: str, turns: Sequence[str], window_start: int) -> str:
-    """The prompt: system prefix, the omission note if turns were dropped, the window, the assistant cue."""
+def render(prefix: str, turns: Sequence[str], window_start: int, tail: str = "") -> str:
+    """The prompt: system prefix, the omission note if turns were dropped, the window, ``tail`` (a turn
+    shown for this model call only), the assistant cue."""
     note = omitted_note(window_start) if window_start else ""
-    return f"{prefix}{note}{''.join(turns)}{GENERATION_PROMPT}"
+    return f"{prefix}{note}{''.join(turns)}{tail}{GENERATION_PROMPT}"
 
 
 @dataclass(frozen=True)
@@ -83,10 +84,12 @@ class Fit:
     tokens: int
 
 
-def fit(counter: TokenCounter, prefix: str, turns: Sequence[str], window_start: int, room: int) -> Fit:
+def fit(
+    counter: TokenCounter, prefix: str, turns: Sequence[str], window_start: int, room: int, *, tail: str = ""
+) -> Fit:
     """The smallest drop that makes the prompt fit in ``room`` tokens."""
     sizes = [counter.count(t) for t in turns]
-    fixed = counter.count(prefix) + counter.count(GENERATION_PROMPT)
+    fixed = counter.count(prefix) + counter.count(tail) + counter.count(GENERATION_PROMPT)
     total = fixed + sum(sizes) + (counter.count(omitted_note(window_start)) if window_start else 0)
     if total <= room:
         return Fit(0, total)

@@ -92,6 +92,11 @@ class ModelTurn:
     tools_s: float = 0.0  # waiting for calls still running after the stream ended
 
 
+def choice_for(spec: RunSpec, step: int) -> str:
+    """What model turn ``step`` may do (``RunSpec.tool_choice``; ``"auto"`` past its end)."""
+    return spec.tool_choice[step] if step < len(spec.tool_choice) else "auto"
+
+
 def constraint_for(spec: RunSpec, step: int) -> dict[str, Any] | None:
     """The decoding constraint for model turn ``step`` of a constrained run (``RunSpec.tool_choice``),
     or its JSON-mode schema; ``None`` when unconstrained. A run with both tools and a schema constrains
@@ -100,7 +105,7 @@ def constraint_for(spec: RunSpec, step: int) -> dict[str, Any] | None:
         return None
     if not spec.tools:
         return json_answer(spec.json_schema) if spec.json_schema is not None else None
-    choice = spec.tool_choice[step] if step < len(spec.tool_choice) else "auto"
+    choice = choice_for(spec, step)
     if choice == "none":
         return text_only()
     if choice == "auto":
@@ -231,18 +236,20 @@ class Agent:
 
     async def _step(self, spec: RunSpec, ckpt: Checkpoint) -> Next:
         max_tokens = min(spec.limits.max_tokens, spec.limits.token_budget - ckpt.tokens)
+        tail = spec.answer_turn if choice_for(spec, ckpt.step) == "none" else ""
         fitted = context.fit(
             self._turn_counter,
             spec.prefix,
             ckpt.turns,
             ckpt.window_start,
             spec.limits.context_window - max_tokens,
+            tail=tail,
         )
         if fitted.drop is None:
             return Stop("context_overflow")
         if fitted.drop:
             await self._compact(spec, ckpt, fitted.drop)
-        prompt = context.render(spec.prefix, ckpt.turns, ckpt.window_start)
+        prompt = context.render(spec.prefix, ckpt.turns, ckpt.window_start, tail)
         try:
             out = await self._model_turn(spec, ckpt, prompt, max_tokens, fitted.drop)
         except ContextOverflowError:

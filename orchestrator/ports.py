@@ -129,7 +129,9 @@ class RunSpec:
     (exactly one call), a tool's name (exactly one call to it), ``"none"`` (text only) or ``"auto"``;
     turns past the end are ``"auto"``. A task known to need tools in order requires them, and a turn
     that must answer forbids calls: with every turn ``"required"`` a run could never end. ``model``: the
-    model every turn of the run goes to (empty: the engine's default).
+    model every turn of the run goes to (empty: the engine's default). ``answer_turn``: a rendered system
+    turn placed just before the assistant cue on every turn whose ``tool_choice`` is ``"none"`` (a turn
+    that must answer in text), and only there: it is never stored in the thread.
     """
 
     run_id: str
@@ -143,6 +145,7 @@ class RunSpec:
     constrained: bool = False
     tool_choice: tuple[str, ...] = ()
     model: str = ""
+    answer_turn: str = ""
 
 
 @dataclass

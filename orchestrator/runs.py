@@ -26,8 +26,10 @@ def new_run(
     constrained: bool = False,
     tool_choice: Sequence[str] = (),
     model: str = "",
+    answer_instruction: str = "",
 ) -> RunSpec:
-    """A run's fixed spec. The tools, JSON-mode and caller's system turns are rendered here, once."""
+    """A run's fixed spec. The tools, JSON-mode and caller's system turns are rendered here, once, and
+    so is ``answer_instruction``, the system turn shown on the turns that must answer in text."""
     known = {"auto", "required", "none", *(tool.name for tool in tools)}
     unknown = [choice for choice in tool_choice if choice not in known]
     if unknown:
@@ -46,6 +48,7 @@ def new_run(
         constrained=constrained,
         tool_choice=tuple(tool_choice),
         model=model,
+        answer_turn=turn("system", neutralize(answer_instruction)) if answer_instruction else "",
     )
 
 

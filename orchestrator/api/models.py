@@ -46,6 +46,12 @@ class RunRequest(_Strict):
         max_length=64,
         description="With constrained decoding, what turn N may do: auto, required, none or a tool name",
     )
+    answer_instruction: str | None = Field(
+        None,
+        max_length=2000,
+        description="A system turn shown to the model just before each turn whose tool_choice is none (a "
+        "turn that must answer in text), e.g. how to word the answer; never stored in the thread",
+    )
 
 
 class Usage(BaseModel):

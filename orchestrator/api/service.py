@@ -174,6 +174,7 @@ def _spec(
             tool_choice=request.tool_choice,
             model=model,
             sampling=_sampling(request),
+            answer_instruction=request.answer_instruction or "",
         )
     except ValueError as exc:  # a tool_choice naming no offered tool
         raise ApiError(422, "validation_error", f"tool_choice: {exc}") from None

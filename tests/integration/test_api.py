@@ -224,9 +224,11 @@ def test_model_constrained_and_tool_choice_reach_the_run_spec(redis_url: str) ->
                 "temperature": 0,
                 "seed": 7,
                 "tools": ["echo"],
-                "tool_choice": ["echo"],
+                "tool_choice": ["echo", "none"],
+                "answer_instruction": "Answer in one sentence.",
             },
         ).json()
+        wordy = http.post("/v1/runs", json={"input": "hi", "answer_instruction": "x" * 2001}, headers=A)
         unused = http.post(
             "/v1/runs",
             json={"input": "hi", "model": "small", "tools": ["echo"], "tool_choice": ["echo"]},
@@ -242,7 +244,10 @@ def test_model_constrained_and_tool_choice_reach_the_run_spec(redis_url: str) ->
     assert (plain["model"], small["model"]) == ("big", "small")
     specs = {run["id"]: _spec(redis_url, run["id"]) for run in (plain, small, opted_out)}
     assert (specs[plain["id"]]["model"], specs[plain["id"]]["constrained"]) == ("big", False)
-    assert specs[small["id"]]["constrained"] is True and specs[small["id"]]["tool_choice"] == ["echo"]
+    assert specs[small["id"]]["constrained"] is True and specs[small["id"]]["tool_choice"] == ["echo", "none"]
+    assert specs[small["id"]]["answer_turn"] == "<|im_start|>system\nAnswer in one sentence.<|im_end|>\n"
+    assert specs[plain["id"]]["answer_turn"] == ""
+    assert wordy.status_code == 422 and "answer_instruction" in wordy.json()["error"]["message"]
     assert specs[small["id"]]["sampling"] == {"temperature": 0.0, "top_p": 1.0, "seed": 7}
     assert specs[plain["id"]]["sampling"]["seed"] is None and unused["model"] == "small"
     assert specs[opted_out["id"]]["constrained"] is False

@@ -74,3 +74,26 @@ def test_json_mode_without_tools_constrains_the_answer() -> None:
 def test_a_tool_choice_must_name_an_offered_tool() -> None:
     with pytest.raises(ValueError, match="names no offered tool"):
         new_run(tenant="t", thread_id="th", tools=[ADD], constrained=True, tool_choice=("save",))
+
+
+def test_the_answer_instruction_is_shown_on_text_only_turns_and_never_stored() -> None:
+    spec = new_run(
+        tenant="t",
+        thread_id="th",
+        tools=[ADD, SAVE],
+        constrained=True,
+        tool_choice=("add", "none"),
+        answer_instruction="Say the sum <|im_end|> in one sentence.",
+    )
+    engine = ScriptedEngine([call("add", a=2, b=3), "The sum is 5."])
+    store = MemoryStore()
+    ckpt = first_checkpoint(spec, [user_turn("add 2 and 3")])
+    outcome = asyncio.run(Agent(engine, FunctionExecutor({"add": lambda a, b: a + b}), store).run(spec, ckpt))
+    assert outcome.output == "The sum is 5."
+    first, answer = (request.prompt for request in engine.requests)
+    tail = (
+        "<|im_start|>system\nSay the sum <\u200b|im_end|> in one sentence.<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert spec.answer_turn in answer and answer.endswith(tail), "shown last, neutralized, on the text turn"
+    assert spec.answer_turn not in first, "not on a turn that may call a tool"
+    assert all(spec.answer_turn not in turn for turn in ckpt.turns), "never part of the thread"

@@ -79,9 +79,6 @@ imports:
 pytest:
 	$(BIN)/python -m pytest -m 'not gpu'
 
-test-gpu: install
-	$(BIN)/python -m pytest -m gpu tests/gpu
-
 demo: envcheck
 	$(BIN)/caduceus demo
 

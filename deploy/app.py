@@ -14,6 +14,9 @@ One application, four kinds of deployment, each delegating to the core packages:
 ``args`` is the document ``deploy.config`` validates; an invalid one fails the build with every bad field
 named. Secrets never travel in it: it names the environment variables that hold the Redis URL, its
 password and the API keys, which the replicas read where they run.
+
+Every replica imports this module, so what only the LLM deployments or the orchestrator need (Ray Serve
+LLM, and through it vLLM: tens of seconds to import on two cores) is imported where it is used.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
-from ray.serve.llm import build_llm_deployment
 from redis.asyncio import Redis
 
 from deploy.config import ConfigError, ModelConfig, ServiceConfig, load_config
@@ -45,7 +47,6 @@ from deploy.presets import (
     deployment_config,
     llm_config,
 )
-from deploy.serve_engine import ServeLLMEngine
 from orchestrator import tracing
 from orchestrator.api import create_app
 from orchestrator.api.auth import parse_api_keys
@@ -122,6 +123,8 @@ class _Orchestrator:
         config = load_config(dict(args), source="serve args")
         if config.otlp_endpoint:
             tracing.configure(otlp_endpoint=config.otlp_endpoint)
+        from deploy.serve_engine import ServeLLMEngine  # noqa: PLC0415 - imports vLLM's request types
+
         context = serve.get_replica_context()
         self._store = RedisStore(_redis(config), worker=f"orchestrator-{context.replica_tag}")
         engine = ModelRouter({name: ServeLLMEngine(handle, name) for name, handle in llms.items()})
@@ -185,6 +188,8 @@ def _context_window(model: ModelConfig) -> int:
 def llm_deployment(model: ModelConfig) -> Application:
     """The model's ``LLMServer`` deployment: its preset's layout (or a CPU layout) and serving knobs, the
     configured replica bounds, every placement bundle pinned to the model's Ray resource, and the engine."""
+    from ray.serve.llm import build_llm_deployment  # noqa: PLC0415 - see the module's docstring
+
     if model.device == "cpu":
         return build_llm_deployment(cpu_config(model), name_prefix=LLM_PREFIX)
     assert model.preset is not None  # the config requires one on GPUs

@@ -8,7 +8,9 @@ previous prompt, the model's answer and a new user message: exactly how the orch
 a few conversations at a time, and reads:
 
 - vLLM's own prefix-cache counters (``vllm:prefix_cache_hits`` and ``vllm:prefix_cache_queries``, in
-  tokens, from Ray's metrics endpoint), as the difference over the run: the hit rate;
+  tokens, from Ray's metrics endpoint), as differences: ``hit_rate_*`` over the steps after each
+  conversation's first (a first step can hit no cache under any router: every conversation's first
+  steps run, the counters are read, then the later steps run), ``hit_rate_all_steps_*`` over all;
 - the cached tokens each response reports (``usage.prompt_tokens_details.cached_tokens``), as a check;
 - each step's time to first token.
 
@@ -50,6 +52,14 @@ class Tally:
     cached_tokens: int = 0
 
 
+@dataclass
+class Phases:
+    """The first steps and the later steps of every conversation: each part's tally and counter deltas."""
+
+    first: tuple[Tally, dict[str, float]]
+    later: tuple[Tally, dict[str, float]]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -83,7 +93,13 @@ async def step(handle: Any, prompt: str, conversation: str, affinity: bool, tall
     from ray.serve.llm.openai_api_models import CompletionRequest  # noqa: PLC0415
 
     req = CompletionRequest(
-        model=NAME, prompt=prompt, max_tokens=12, temperature=0.0, stream=True, skip_special_tokens=False
+        model=NAME,
+        prompt=prompt,
+        max_tokens=12,
+        temperature=0.0,
+        stream=True,
+        skip_special_tokens=False,
+        stream_options={"include_usage": True},
     )
     options: dict[str, Any] = {"stream": True}
     if affinity:
@@ -106,30 +122,50 @@ async def step(handle: Any, prompt: str, conversation: str, affinity: bool, tall
     return "".join(text)
 
 
-async def conversation(handle: Any, number: int, steps: int, affinity: bool, tally: Tally) -> None:
-    from toolbox.hermes import render_prompt  # noqa: PLC0415
-    from toolbox.protocol import UserMessage  # noqa: PLC0415
+class Conversation:
+    """One conversation's prompt, grown append-only by each step (as the orchestrator grows a thread)."""
 
-    # A long first turn (about 700 tokens) that differs per conversation from its first tokens on.
-    opening = f"Conversation {number}. " + " ".join(f"fact {number}-{n}: the sky is blue." for n in range(90))
-    prompt = render_prompt([UserMessage(opening)], [])
-    for turn in range(steps):
-        answer = await step(handle, prompt, f"conversation-{number}", affinity, tally)
-        prompt += f"{answer}<|im_end|>\n<|im_start|>user\nAnd then (step {turn})?<|im_end|>\n"
-        prompt += "<|im_start|>assistant\n"
+    def __init__(self, number: int) -> None:
+        from toolbox.hermes import render_prompt  # noqa: PLC0415
+        from toolbox.protocol import UserMessage  # noqa: PLC0415
+
+        # A long first turn (about 700 tokens) that differs per conversation from its first tokens on.
+        opening = f"Conversation {number}. " + " ".join(
+            f"fact {number}-{n}: the sky is blue." for n in range(90)
+        )
+        self.id, self.prompt, self.turn = (
+            f"conversation-{number}",
+            render_prompt([UserMessage(opening)], []),
+            0,
+        )
+
+    async def step(self, handle: Any, affinity: bool, tally: Tally) -> None:
+        answer = await step(handle, self.prompt, self.id, affinity, tally)
+        self.prompt += f"{answer}<|im_end|>\n<|im_start|>user\nAnd then (step {self.turn})?<|im_end|>\n"
+        self.prompt += "<|im_start|>assistant\n"
+        self.turn += 1
 
 
-async def workload(handle: Any, conversations: int, steps: int, affinity: bool) -> Tally:
-    tally = Tally()
-    # Two conversations at a time per replica: the machine has two cores.
-    gate = asyncio.Semaphore(4)
+async def workload(handle: Any, port: int, conversations: int, steps: int, affinity: bool) -> Phases:
+    """Every conversation's first step (no router can find a cache for it), then the later steps, with
+    vLLM's counters read around each part."""
+    talks = [Conversation(n) for n in range(conversations)]
+    gate = asyncio.Semaphore(4)  # two conversations at a time per replica: the machine has two cores
 
-    async def one(number: int) -> None:
-        async with gate:
-            await conversation(handle, number, steps, affinity, tally)
+    async def part(count: int) -> tuple[Tally, dict[str, float]]:
+        tally, before = Tally(), counters(port)
 
-    await asyncio.gather(*(one(n) for n in range(conversations)))
-    return tally
+        async def one(talk: Conversation) -> None:
+            async with gate:
+                for _ in range(count):
+                    await talk.step(handle, affinity, tally)
+
+        await asyncio.gather(*(one(talk) for talk in talks))
+        return tally, await settled(port, before, tally.prompt_tokens)
+
+    first = await part(1)
+    later = await part(steps - 1)
+    return Phases(first, later)
 
 
 def deploy(affinity: bool) -> Any:
@@ -154,15 +190,12 @@ def deploy(affinity: bool) -> Any:
     return serve.run(app, name="affinity" if affinity else "default", route_prefix=None)
 
 
-def run(port: int, conversations: int, steps: int, affinity: bool) -> tuple[Tally, dict[str, float]]:
+def run(port: int, conversations: int, steps: int, affinity: bool) -> Phases:
     from ray import serve  # noqa: PLC0415
 
     handle = deploy(affinity)
     try:
-        before = counters(port)
-        tally = asyncio.run(workload(handle, conversations, steps, affinity))
-        delta = asyncio.run(settled(port, before, tally.prompt_tokens))
-        return tally, delta
+        return asyncio.run(workload(handle, port, conversations, steps, affinity))
     finally:
         serve.delete("affinity" if affinity else "default")
 
@@ -195,20 +228,27 @@ def main() -> None:
     report(results, args)
 
 
-def report(results: dict[bool, tuple[Tally, dict[str, float]]], args: argparse.Namespace) -> None:
+def report(results: dict[bool, Phases], args: argparse.Namespace) -> None:
     out: dict[str, Any] = {"conversations": args.conversations, "steps": args.steps}
-    print(f"{'router':<16} {'hit rate':>9} {'cached/prompt':>14} {'TTFT p50 ms':>12} {'TTFT mean ms':>13}")
-    for affinity, (tally, delta) in results.items():
+    print(f"{'router':<9} {'hit rate':>9} {'all steps':>10} {'cached/prompt':>14}", end="")
+    print(f" {'TTFT p50 ms':>12} {'first p50':>10}")
+    for affinity, phases in results.items():
         mode = "affinity" if affinity else "default"
+        (first, first_delta), (later, delta) = phases.first, phases.later
         hit_rate = delta["hits"] / delta["queries"] if delta["queries"] else 0.0
-        reported = tally.cached_tokens / tally.prompt_tokens if tally.prompt_tokens else 0.0
-        p50, mean = statistics.median(tally.ttft) * 1000, statistics.fmean(tally.ttft) * 1000
-        print(f"{mode:<16} {hit_rate:>9.3f} {reported:>14.3f} {p50:>12.0f} {mean:>13.0f}")
+        queries = delta["queries"] + first_delta["queries"]
+        overall = (delta["hits"] + first_delta["hits"]) / queries if queries else 0.0
+        reported = later.cached_tokens / later.prompt_tokens if later.prompt_tokens else 0.0
+        p50, mean = statistics.median(later.ttft) * 1000, statistics.fmean(later.ttft) * 1000
+        cold = statistics.median(first.ttft) * 1000
+        print(f"{mode:<9} {hit_rate:>9.3f} {overall:>10.3f} {reported:>14.3f} {p50:>12.0f} {cold:>10.0f}")
         out |= {
             f"hit_rate_{mode}": round(hit_rate, 4),
+            f"hit_rate_all_steps_{mode}": round(overall, 4),
             f"reported_cached_share_{mode}": round(reported, 4),
             f"ttft_ms_{mode}": round(p50, 1),
             f"ttft_ms_mean_{mode}": round(mean, 1),
+            f"ttft_ms_first_step_{mode}": round(cold, 1),
             f"queried_tokens_{mode}": int(delta["queries"]),
         }
     print("RESULT " + json.dumps(out))

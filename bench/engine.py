@@ -13,7 +13,7 @@ CPU replica, float32, eager), and measures through the deployment handle, as the
 
 Prints a table, then, last, one line ``RESULT {json}``.
 
-    python bench/engine.py [--rounds 3] [--tokens 128]
+    python bench/engine.py [--rounds 2] [--tokens 128]
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ def request(prompt: str, tokens: int, **options: Any) -> Any:
         temperature=0.0,
         stream=True,
         skip_special_tokens=False,
+        stream_options={"include_usage": True},  # the completion's token count, from vLLM
         **options,
     )
 
@@ -127,15 +128,15 @@ async def measure(handle: Any, rounds: int, tokens: int) -> dict[str, float]:
     from toolbox.schema import tool_spec  # noqa: PLC0415
 
     specs = [tool_spec(multiply)]
-    prompt = render_prompt([UserMessage("Tell me a long story about a dragon.")], [])
-    tool_prompt = render_prompt([UserMessage("What is 17 times 23? Then tell me a story.")], specs)
+    # One prompt for every rate, so the constraint is the only difference between b1 and b1c.
+    prompt = render_prompt([UserMessage("What is 17 times 23? Then tell me a story.")], specs)
     tag = {"structural_tag": json.dumps(tool_calls(specs))}
     best = {"b1": 0.0, "b8": 0.0, "b1c": 0.0}
     for _ in range(rounds):
         best["b1"] = max(best["b1"], await rate(handle, [request(prompt, tokens, ignore_eos=True)]))
         batch = [request(prompt + f"({n})", tokens, ignore_eos=True) for n in range(8)]
         best["b8"] = max(best["b8"], await rate(handle, batch))
-        constrained = request(tool_prompt, tokens, ignore_eos=True, structured_outputs=tag)
+        constrained = request(prompt, tokens, ignore_eos=True, structured_outputs=tag)
         best["b1c"] = max(best["b1c"], await rate(handle, [constrained]))
     # A ~500-token prompt no request has seen (a fresh nonce first), then the same prompt again.
     long = render_prompt([UserMessage(f"{uuid.uuid4().hex} " + "the quick brown fox jumps " * 100)], specs)
@@ -146,7 +147,7 @@ async def measure(handle: Any, rounds: int, tokens: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=128)
     args = parser.parse_args()
 

@@ -113,7 +113,7 @@ async def step(handle: Any, prompt: str, conversation: str, affinity: bool, tall
             event = json.loads(line.removeprefix("data: "))
             if first is None:
                 first = time.perf_counter() - started
-            text.append(event["choices"][0]["text"])
+            text.extend(choice["text"] for choice in event["choices"])  # none in the usage event
             usage = event.get("usage") or {}
             if usage:
                 tally.prompt_tokens += usage["prompt_tokens"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from workers.executor import Executor
 from workers.registry import ToolRegistry, builtin_registry
 from workers.sandbox import Mechanism, PooledSandbox
 from workers.sandbox.policy import Limits
-from workers.sandbox.scratch import ScratchSettings
+from workers.sandbox.scratch import ScratchSettings, ScratchStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 MiB = 1024 * 1024
@@ -207,3 +208,28 @@ def test_an_idle_conversation_is_let_go_only_after_its_warm_sandboxes(tmp_path: 
     done, left, [reread] = asyncio.run(main())
     assert done == ["unmounted w"] and left == []
     assert reread.content == "still here"
+
+
+@pytest.mark.parametrize("quota", [True, False])
+def test_two_workers_use_one_conversation_at_once(tmp_path: Path, quota: bool) -> None:
+    """A run taken over by another worker goes on in the same conversation: the second worker must not
+    wait for the first to let it go (it holds it as long as it keeps a warm sandbox for it)."""
+    settings = ScratchSettings(quota_bytes=8 * MiB, quota=quota)
+    first, second = ScratchStore(tmp_path, settings), ScratchStore(tmp_path, settings)
+    entered = threading.Event()
+
+    def enter() -> None:
+        second.enter("shared")
+        entered.set()
+
+    path = first.enter("shared")
+    (path / "note.txt").write_text("from the first")
+    thread = threading.Thread(target=enter, daemon=True)
+    thread.start()
+    try:
+        assert entered.wait(10), "the second worker waited for the first to let the conversation go"
+        assert (second.path("shared") / "note.txt").read_text() == "from the first"
+    finally:
+        first.release_all()  # lets a second worker that waits go on, so that the thread ends
+        thread.join(10)
+        second.release_all()

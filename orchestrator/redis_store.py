@@ -311,6 +311,7 @@ class RedisStore:
             self._ttl,
             EVENTS_MAXLEN,
             len(step.turns),
+            *(_ending(step.outcome) if step.outcome is not None else ("", "")),
             *step.turns,
             *pairs,
         ]
@@ -365,16 +366,10 @@ class RedisStore:
             raise LeaseLostError(f"run {spec.run_id}: lease lost before its {kind} event")
 
     async def finish(self, spec: RunSpec, outcome: Outcome) -> None:
+        """Record the run's end (a no-op when its last step's commit recorded it already)."""
         keys = Keys.of(spec.tenant, spec.run_id)
-        fields = {
-            "status": "finished",
-            "finished_at": repr(time.time()),
-            "stop_reason": outcome.stop_reason,
-            "output": outcome.output,
-            "value": json.dumps(outcome.value),
-        }
-        data = json.dumps({"stop_reason": outcome.stop_reason, "steps": outcome.steps})
-        args: list[EncodableT] = [self.worker, json.dumps(fields), data, EVENTS_MAXLEN, self._ttl]
+        fields, data = _ending(outcome)
+        args: list[EncodableT] = [self.worker, fields, data, EVENTS_MAXLEN, self._ttl]
         if not await self._batch.run(self._finish, [keys.run, keys.events, keys.lease], args):
             raise LeaseLostError(f"run {spec.run_id}: lease lost before it finished")
 
@@ -632,6 +627,18 @@ def _clip(text: str) -> str:
 def _idempotency_key(tenant: str, key: str) -> str:
     # Hashed: a client's key may hold any characters, and its length is bounded here.
     return f"cad:t:{_check_id('tenant', tenant)}:idem:{hashlib.sha256(key.encode()).hexdigest()[:40]}"
+
+
+def _ending(outcome: Outcome) -> tuple[str, str]:
+    """A finished run's record fields (JSON) and its ``finished`` event's data."""
+    fields = {
+        "status": "finished",
+        "finished_at": repr(time.time()),
+        "stop_reason": outcome.stop_reason,
+        "output": outcome.output,
+        "value": json.dumps(outcome.value),
+    }
+    return json.dumps(fields), json.dumps({"stop_reason": outcome.stop_reason, "steps": outcome.steps})
 
 
 def _compact(data: dict[str, Any]) -> str:

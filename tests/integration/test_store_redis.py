@@ -16,7 +16,7 @@ from orchestrator.engines import Latency, ScriptedEngine
 from orchestrator.errors import LeaseLostError, RunNotFoundError
 from orchestrator.loop import Agent
 from orchestrator.memory import FunctionExecutor
-from orchestrator.ports import CallSlot, Chunk, CompletionRequest, Limits, RunSpec, StepCommit
+from orchestrator.ports import CallSlot, Chunk, CompletionRequest, Limits, Outcome, RunSpec, StepCommit
 from orchestrator.redis_store import QUEUE, RedisStore, RunQueue
 from orchestrator.runs import first_checkpoint, new_run
 from orchestrator.worker import Worker
@@ -398,5 +398,35 @@ def test_a_stale_worker_cannot_mark_a_live_run_failed_or_drop_its_queue_entry(re
         assert (await store.status("acme", spec.run_id))["status"] == "queued"
         assert [e.kind for e in await store.events("acme", spec.run_id)] == []
         assert await client.xlen(QUEUE) == 1 and await client.get(lease) == b"w2"
+
+    with_redis(redis_url, body)
+
+
+class DiesBeforeFinish(RedisStore):
+    """Its worker dies once the run's last step is committed, before the run is marked finished."""
+
+    async def finish(self, spec: RunSpec, outcome: Outcome) -> None:
+        raise Crash
+
+
+def test_a_run_whose_last_step_is_committed_is_finished_and_never_sampled_again(redis_url: str) -> None:
+    """The answer's step and the run's end are written together: were they two writes, a crash between
+    them would leave a running run whose thread ends with its answer, and a worker that took it over
+    would ask the model again and append a second answer (the fault campaign found it)."""
+
+    async def body(client: Redis) -> None:
+        store = DiesBeforeFinish(client)
+        spec = await submit(store)
+        _, ckpt, _ = await store.load(spec.tenant, spec.run_id)
+        with pytest.raises(Crash):
+            await Agent(
+                ScriptedEngine(counting_script(1)), FunctionExecutor({"incr": lambda n: n}), store
+            ).run(spec, ckpt)
+        status = await store.status(spec.tenant, spec.run_id)
+        assert (status["status"], status["stop_reason"], status["step"]) == ("finished", "answer", "2")
+        events = [event.kind for event in await store.events(spec.tenant, spec.run_id)]
+        assert events.count("finished") == 1 and events[-1] == "finished"
+        await RedisStore(client).finish(spec, Outcome(spec.run_id, "answer", steps=2))  # the late call
+        assert [event.kind for event in await store.events(spec.tenant, spec.run_id)] == events
 
     with_redis(redis_url, body)

@@ -16,7 +16,8 @@ runs are in flight its fault is injected again and again, at random moments:
 - ``api_kill``: one of two REST API replicas SIGKILLed (and started again) while clients stream run events
   from them, each client resuming with ``Last-Event-ID`` on a replica that is up.
 
-What is counted is defined in ``chaos_check``. Targets: ``lost``, ``duplicate_effects``,
+What is counted is defined in ``chaos_check``. ``CHAOS_DEBUG=1`` prints every run that misses a target
+in full, and has every worker print what its tasks wait on (SIGUSR1) 30 s into each phase. Targets: ``lost``, ``duplicate_effects``,
 ``dangling_calls``, ``stuck``, ``late``, ``event_anomalies`` and ``stream_mismatches`` all 0, and
 ``completed == runs``, under every fault kind.
 
@@ -211,6 +212,8 @@ class Campaign:
         following = asyncio.ensure_future(self.follow(followers))
         stop = asyncio.Event()
         injector = asyncio.ensure_future(self.inject(phase, stop))
+        if os.environ.get("CHAOS_DEBUG"):  # what every worker waits on, once the phase is slow
+            asyncio.get_running_loop().call_later(30, self.fleet.signal, signal.SIGUSR1)
         try:
             await wait_final(
                 self.client, list(phase.runs), time.time() + self.args.deadline + self.args.grace

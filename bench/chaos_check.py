@@ -79,8 +79,8 @@ async def check_run(redis: Redis, tenant: str, ids: tuple[str, str], steps: int,
     ledger = {k.decode(): v for k, v in (await redis.hgetall(keys.ledger)).items()}
     if final:
         tally.dangling_calls = _dangling(ledger, run, steps, done)
-    if tally.dangling_calls and os.environ.get("CHAOS_DEBUG"):
-        print(run, dict(done), {k: v[:160] for k, v in ledger.items()}, record)
+    if (tally.dangling_calls or tally.lost) and os.environ.get("CHAOS_DEBUG"):  # what went wrong, in full
+        print(run, dict(done), ledger, record, records, await redis.lrange(keys.thread, 0, -1))
     tally.tool_errors = sum(b'"error":{' in value for value in ledger.values())
     await _events(redis, keys.events, tally)
     return tally

@@ -187,6 +187,10 @@ class Fleet:
         if respawn:
             self.spawn()
 
+    def signal(self, number: signal.Signals) -> None:
+        for process in self.processes.values():
+            process.send_signal(number)
+
     def stop(self) -> None:
         for process in self.processes.values():
             process.terminate()

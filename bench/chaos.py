@@ -17,9 +17,10 @@ runs are in flight its fault is injected again and again, at random moments:
   from them, each client resuming with ``Last-Event-ID`` on a replica that is up.
 
 What is counted is defined in ``chaos_check``. ``CHAOS_DEBUG=1`` prints every run that misses a target
-in full, and has every worker print what its tasks wait on (SIGUSR1) 30 s into each phase. Targets: ``lost``, ``duplicate_effects``,
-``dangling_calls``, ``stuck``, ``late``, ``event_anomalies`` and ``stream_mismatches`` all 0, and
-``completed == runs``, under every fault kind.
+in full, and has every worker print what its tasks wait on (SIGUSR1) 30 s into each phase.
+
+Targets: ``lost``, ``duplicate_effects``, ``dangling_calls``, ``stuck``, ``late``, ``event_anomalies`` and
+``stream_mismatches`` all 0, and ``completed == runs``, under every fault kind.
 
     python bench/chaos.py [--faults worker_kill,tool_kill,...] [--runs 24] [--steps 4] [--injections 10]
 

@@ -224,11 +224,12 @@ class Agent:
                     with suppress(asyncio.CancelledError):
                         await waiter
         # Halted wins over whatever the step task did with its cancellation (even if it swallowed it and
-        # ran to its end): the step is not committed.
+        # ran to its end): the step is not committed. Its exception is retrieved first, since check()
+        # raises once the lease is lost, so that the loop does not log it: the run ends here anyway.
+        if not task.cancelled():
+            task.exception()
         halted = halt.check()
         if halted is not None:
-            if not task.cancelled():
-                task.exception()  # retrieved, so that the loop does not log it: the run ends here anyway
             return halted
         if task.cancelled():
             return Stop("deadline")

@@ -52,7 +52,6 @@ import httpx
 from chaos_api import Follower, judge, serve_api
 from chaos_check import FINAL, Tally, check_run, stream_ids
 from chaos_rig import Fleet, Proxy, RedisServer, calls_in_flight
-from redis._defaults import DEFAULT_SOCKET_TIMEOUT
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -60,7 +59,7 @@ from deploy.local_redis import free_port
 from orchestrator.engines import Latency, ScriptedEngine
 from orchestrator.loop import Agent
 from orchestrator.ports import Limits
-from orchestrator.redis_store import RedisStore, RunQueue, connect
+from orchestrator.redis_store import SOCKET_TIMEOUT_S, RedisStore, RunQueue, connect
 from orchestrator.runs import first_checkpoint, new_run
 from orchestrator.worker import Worker
 from toolbox.protocol import ToolSpec
@@ -184,7 +183,7 @@ class Campaign:
         (workdir / "redis").mkdir()
         self.redis = RedisServer(workdir / "redis", appendfsync=args.appendfsync)
         self.proxy = Proxy(self.redis.port)
-        self.client_timeout = client_timeout()
+        self.client_timeout = SOCKET_TIMEOUT_S  # of the service's clients: how long a stall must last
 
     async def run(self) -> dict[str, dict[str, Any]]:
         self.redis.start()
@@ -306,13 +305,6 @@ class Campaign:
         await asyncio.sleep(random.uniform(0.2, 1.0))
         self.replicas.start(port)
         return True
-
-
-def client_timeout() -> float:
-    """The socket timeout of the clients the service makes (``connect``): how long a stall must last."""
-    client = connect("redis://127.0.0.1:1")
-    timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
-    return float(timeout or DEFAULT_SOCKET_TIMEOUT)
 
 
 async def submit(store: RedisStore, kind: str, args: argparse.Namespace) -> dict[str, str]:

@@ -95,6 +95,9 @@ _STARTED = b'{"state":"started"'  # how a ledger entry of a call that never fini
 IDEMPOTENCY_TTL_S = 24 * 3600
 RUNS_INDEX_MAX = 10_000  # the most runs a tenant's index keeps (the newest)
 CLAIM_PENDING_S = 60  # how long a thread claim holds before its run's record is written
+# A command's timeout on the service's clients. Longer than any blocking read they make (the worker's
+# take: 100 ms; an event watcher's read: 1 s), which would otherwise time out while waiting as asked.
+SOCKET_TIMEOUT_S = 5.0
 _PREVIEW = 200  # characters of a tool's result that its event carries
 # What Redis raises when it is unreachable or refuses to serve: the REST API answers 503 for these (it
 # names them from here, because this is the one module that imports redis).
@@ -263,9 +266,17 @@ _IN_FLIGHT: set[asyncio.Task[None]] = set()
 def connect(url: str, *, password: str | None = None, max_connections: int = 64) -> Redis:
     """A client for a service process: at most ``max_connections`` to Redis, and a request that finds
     them all busy waits (up to 30 s) for one instead of failing: a burst of requests queues, it does not
-    turn into 503s (redis-py's default pool raises "Too many connections" past its limit)."""
+    turn into 503s (redis-py's default pool raises "Too many connections" past its limit).
+
+    Every command times out after ``SOCKET_TIMEOUT_S``: a stalled Redis then raises a timeout, which the
+    worker retries and the API answers 503, instead of a wait with no end."""
     pool = BlockingConnectionPool.from_url(
-        url, password=password, max_connections=max_connections, timeout=30
+        url,
+        password=password,
+        max_connections=max_connections,
+        timeout=30,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=SOCKET_TIMEOUT_S,
     )
     return Redis.from_pool(pool)  # the client owns the pool: closing it closes the connections
 

@@ -188,8 +188,10 @@ class Fleet:
             self.spawn()
 
     def signal(self, number: signal.Signals) -> None:
+        """Send ``number`` to each process that handles it: one still starting would die of it."""
         for process in self.processes.values():
-            process.send_signal(number)
+            if _catches(process.pid, number):
+                process.send_signal(number)
 
     def stop(self) -> None:
         for process in self.processes.values():
@@ -201,6 +203,16 @@ class Fleet:
                 process.kill()
                 process.wait()
         self.processes.clear()
+
+
+def _catches(pid: int, number: signal.Signals) -> bool:
+    """Whether the process has a handler for signal ``number`` installed (its SigCgt mask in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next((line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), "0")
+    return bool(int(mask, 16) >> (number - 1) & 1)
 
 
 def _table() -> tuple[dict[int, int], dict[int, list[bytes]]]:

@@ -4,10 +4,14 @@ only: the campaign's timings are the benchmark's business (``make bench-chaos``)
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,3 +43,26 @@ def test_runs_survive_every_fault_kind() -> None:
         assert row["completed"] == row["runs"] == 4, (kind, row)
         assert {name: row.get(name, 0) for name in ZERO} == dict.fromkeys(ZERO, 0), (kind, row)
     assert result["within_deadline"]
+
+
+def rig() -> Any:
+    spec = importlib.util.spec_from_file_location("chaos_rig", CHAOS.parent / "chaos_rig.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_debug_dump_spares_a_worker_still_starting() -> None:
+    """SIGUSR1 kills a process that has no handler for it yet: a worker still importing (seconds on a
+    loaded machine) would die of the dump, and runs then waited for a worker that never came."""
+    started = "import signal, sys, time; time.sleep(1); "
+    handled = "signal.signal(signal.SIGUSR1, lambda *_: print('dumped', flush=True)); time.sleep(60)"
+    fleet = rig().Fleet("w", 1, lambda _: [sys.executable, "-c", started + handled])
+    try:
+        [process] = fleet.processes.values()
+        fleet.signal(signal.SIGUSR1)  # still starting
+        time.sleep(1.5)
+        assert process.poll() is None, "the signal killed a worker that was starting"
+    finally:
+        fleet.stop()

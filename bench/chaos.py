@@ -23,6 +23,7 @@ Targets: ``lost``, ``duplicate_effects``, ``dangling_calls``, ``stuck``, ``late`
 ``stream_mismatches`` all 0, and ``completed == runs``, under every fault kind.
 
     python bench/chaos.py [--faults worker_kill,tool_kill,...] [--runs 24] [--steps 4] [--injections 10]
+        [--injections-of redis_stall=1]
 
 Last line: ``RESULT {"runs", "completed", "lost", "duplicate_effects", "dangling_calls", "stuck", ...,
 "within_deadline", "faults": {kind: {"injected", "runs", "completed", ...}}}``.
@@ -257,7 +258,8 @@ class Campaign:
     async def inject(self, phase: Phase, stop: asyncio.Event) -> None:
         fault = getattr(self, f"_{phase.kind}")
         low, high = self.args.gap
-        while phase.injected < self.args.injections and not stop.is_set():
+        injections = self.args.injections_of.get(phase.kind, self.args.injections)
+        while phase.injected < injections and not stop.is_set():
             with suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), random.uniform(low, high))
             if not stop.is_set() and await fault(phase):
@@ -356,6 +358,14 @@ def summary(rows: dict[str, dict[str, Any]], seconds: float) -> dict[str, Any]:
     return totals
 
 
+def _counts(text: str) -> dict[str, int]:
+    """``kind=N,kind=N`` as a dict."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item]
+    if any(len(pair) != 2 or pair[0] not in FAULTS or not pair[1].isdigit() for pair in pairs):
+        raise argparse.ArgumentTypeError(f"expected kind=N[,kind=N...] with kinds from {', '.join(FAULTS)}")
+    return {kind: int(count) for kind, count in pairs}
+
+
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("mode", nargs="?", default="drive", choices=["drive", "worker", "api"])
@@ -365,6 +375,12 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=4, help="runs at once per worker")
     parser.add_argument("--injections", type=int, default=10, help="faults injected per kind")
+    parser.add_argument(
+        "--injections-of",
+        type=_counts,
+        default={},
+        help="fewer faults of some kinds, e.g. redis_stall=1 (a stall lasts past the client timeout)",
+    )
     parser.add_argument("--gap", type=float, nargs=2, default=(0.3, 1.2), help="seconds between faults")
     parser.add_argument("--token-ms", type=float, default=5.0, help="scripted time per token")
     parser.add_argument("--lease-ms", type=int, default=1000)
@@ -385,7 +401,7 @@ def parse() -> argparse.Namespace:
 
 def main() -> None:
     args = parse()
-    logging.basicConfig(level=logging.ERROR)
+    logging.basicConfig(level=logging.INFO if os.environ.get("CHAOS_DEBUG") else logging.ERROR)
     if args.mode == "worker":
         asyncio.run(serve_worker(args))
         return

@@ -70,6 +70,7 @@ from workers.sandbox import PooledSandbox, detect
 from workers.sandbox.scratch import ScratchSettings
 
 TENANT = "chaos"
+READY_S = 300
 FAULTS = ("worker_kill", "tool_kill", "redis_restart", "redis_stall", "network", "api_kill")
 _RUN = re.compile(r"the effects for run ([0-9A-Za-z_-]+)")
 
@@ -112,8 +113,8 @@ async def serve_worker(args: argparse.Namespace) -> None:
     sandbox = PooledSandbox(detect().mechanism, preload=tools.sandbox_modules(), warm=1, max_keys=8)
     settings = ScratchSettings(quota=False)  # plain directories: no loop-mounted volume per conversation
     stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _dump_tasks)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)  # last: it says "serving"
     async with Executor(
         tools, sandbox=sandbox, scratch_root=Path(args.scratch), scratch=settings
     ) as executor:
@@ -195,6 +196,7 @@ class Campaign:
         rows: dict[str, dict[str, Any]] = {}
         try:
             await RunQueue(RedisStore(self.client)).ensure_group()
+            print(f"# workers and API replicas ready after {await self.ready():.1f} s", flush=True)
             for kind in self.args.faults:
                 rows[kind] = await self.phase(kind)
                 print(_row(kind, rows[kind]), flush=True)
@@ -205,6 +207,17 @@ class Campaign:
             await self.proxy.close()
             self.redis.stop()
         return rows
+
+    async def ready(self) -> float:
+        """Wait until every worker reads the queue and every API replica accepts connections: the first
+        phase's runs must not spend their deadline on processes still starting (tens of seconds on a loaded
+        machine)."""
+        started = time.monotonic()
+        while time.monotonic() - started < READY_S:
+            if self.fleet.serving() and await _listening(self.replicas.ports):
+                return time.monotonic() - started
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"the workers and API replicas were not ready within {READY_S} s")
 
     async def phase(self, kind: str) -> dict[str, Any]:
         started = time.monotonic()
@@ -307,6 +320,17 @@ class Campaign:
         await asyncio.sleep(random.uniform(0.2, 1.0))
         self.replicas.start(port)
         return True
+
+
+async def _listening(ports: list[int]) -> bool:
+    for port in ports:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return False
+        writer.close()
+        await writer.wait_closed()
+    return True
 
 
 async def submit(store: RedisStore, kind: str, args: argparse.Namespace) -> dict[str, str]:

@@ -193,6 +193,10 @@ class Fleet:
             if _catches(process.pid, number):
                 process.send_signal(number)
 
+    def serving(self) -> bool:
+        """Whether every process is past its start: it handles SIGTERM (a stop) by then."""
+        return all(_catches(process.pid, signal.SIGTERM) for process in self.processes.values())
+
     def stop(self) -> None:
         for process in self.processes.values():
             process.terminate()

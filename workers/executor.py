@@ -34,7 +34,7 @@ from workers.registry import ToolEntry, ToolRegistry, resolve
 from workers.sandbox import Sandbox, create_sandbox
 from workers.sandbox import scratch_root as default_scratch_root
 from workers.sandbox.policy import Outcome, Task
-from workers.sandbox.scratch import ScratchSettings, ScratchStore, coarse_now_ns
+from workers.sandbox.scratch import ScratchSettings, ScratchStore, coarse_now_ns, fresh_tick_ns
 
 _KNOWN_ERRORS = frozenset(get_args(ToolErrorType))
 NOT_STARTED = "the call did not run: its sandbox could not be started; it may be called again"
@@ -89,8 +89,9 @@ class Executor:
         entry = self.registry.get(call.name)
         if error is not None or entry is None:
             return ToolResult(call.id, call.name, error=error)
+        # Only a call that may go over a quota needs to know which files are its own.
+        started = await fresh_tick_ns() if self.scratch.quota else coarse_now_ns()
         scratch = await self._enter(conversation)
-        started = coarse_now_ns()
         try:
             outcome = await self._run(entry, call.arguments, scratch, conversation)
         except SandboxStartError as exc:

@@ -127,6 +127,28 @@ def test_a_call_writing_past_the_scratch_quota_fails_and_its_files_are_removed(t
     assert image.stat().st_blocks * 512 < 4 * MiB
 
 
+def test_files_written_just_before_a_call_over_the_quota_are_not_taken_for_its_own(tmp_path: Path) -> None:
+    """Files carry the kernel's coarse clock (4 ms ticks): a file that the call before wrote in the tick in
+    which the next call starts must not look written by it, and go when that call's files are removed."""
+    calls: list[tuple[str, dict[str, Any], str]] = []
+    for n in range(8):
+        calls.append(("files", {"action": "write", "path": f"kept{n}.txt", "content": "keep me"}, "q"))
+        calls.append(("python", {"code": "open('big.bin', 'wb').write(b'x' * (9 << 20))"}, "q"))
+
+    async def main() -> list[ToolResult]:
+        registry = builtin_registry()
+        sandbox = PooledSandbox("bubblewrap", preload=registry.sandbox_modules(), warm=1)
+        settings = ScratchSettings(quota_bytes=8 * MiB)
+        async with Executor(registry, sandbox=sandbox, scratch_root=tmp_path, scratch=settings) as executor:
+            return await _calls(executor, *calls)
+
+    require_bubblewrap()
+    results = asyncio.run(main())
+    assert [r.error.type if r.error else None for r in results] == [None, "denied"] * 8
+    kept = sorted(path.name for path in (tmp_path / "q").iterdir() if path.suffix == ".txt")
+    assert kept == [f"kept{n}.txt" for n in range(8)]
+
+
 def test_unused_scratch_is_unmounted_then_deleted_but_never_while_a_worker_holds_it(tmp_path: Path) -> None:
     settings = ScratchSettings(quota_bytes=8 * MiB, idle_seconds=600.0, ttl_seconds=3600.0)
     write = {"action": "write", "path": "kept.txt", "content": "still here"}

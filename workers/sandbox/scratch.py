@@ -24,6 +24,7 @@ the image) and deletes directory, image and lock of those unused for ``ttl_secon
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
@@ -41,6 +42,7 @@ from workers.sandbox.policy import check_conversation
 _STATE = ".caduceus"
 _SHOWN = 10  # file names listed in a quota error
 _CLOCK_REALTIME_COARSE = 5  # Linux; the time module does not name it
+_TICK_S = 0.001
 
 
 @dataclass(frozen=True)
@@ -365,3 +367,13 @@ def _remove_newer(root: Path, since_ns: int) -> list[str]:
 def coarse_now_ns() -> int:
     """The clock the kernel stamps files with, so that a file written just after a reading is not older."""
     return time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)
+
+
+async def fresh_tick_ns() -> int:
+    """A ``coarse_now_ns`` reading later than the stamp of every file written before the call: it waits
+    for the clock's next tick (4 ms here). A file written by the call before, in the same tick, would
+    otherwise look written by this call, and be removed with its files if this call goes over its quota."""
+    before = coarse_now_ns()
+    while (now := coarse_now_ns()) == before:
+        await asyncio.sleep(_TICK_S)
+    return now

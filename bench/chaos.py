@@ -17,7 +17,8 @@ runs are in flight its fault is injected again and again, at random moments:
   from them, each client resuming with ``Last-Event-ID`` on a replica that is up.
 
 What is counted is defined in ``chaos_check``. ``CHAOS_DEBUG=1`` prints every run that misses a target
-in full, and has every worker print what its tasks wait on (SIGUSR1) 30 s into each phase.
+in full, shows the workers' INFO log, and has every worker print what its tasks wait on (SIGUSR1) 30 s
+into each phase. Phases start once every worker and API replica serves (the line ``# ... ready after``).
 
 Targets: ``lost``, ``duplicate_effects``, ``dangling_calls``, ``stuck``, ``late``, ``event_anomalies`` and
 ``stream_mismatches`` all 0, and ``completed == runs``, under every fault kind.

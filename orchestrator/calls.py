@@ -65,11 +65,23 @@ class Runner:
             if isinstance(prior, Interrupted):
                 result = ToolResult(call.id, call.name, error=ToolError("crashed", INTERRUPTED))
             else:
-                result = await self.executor.execute(call, conversation_of(self.spec))
+                result = await self._execute(slot, call)
             await self.store.end_call(self.spec, slot, result)
             if result.error is not None:
                 record_error(span, result.error.type)
             return result
+
+    async def _execute(self, slot: CallSlot, call: ToolCall) -> ToolResult:
+        try:
+            return await self.executor.execute(call, conversation_of(self.spec))
+        except Exception as exc:
+            # The run fails with this exception; its ledger entry is ended first, so that it does not stay
+            # "started" (begun, never ended) with nobody left to end it. A cancellation (the run lost its
+            # lease or is shutting down) leaves the entry started: whoever takes the run over replays it as
+            # interrupted.
+            error = ToolError("crashed", f"the call failed on the worker: {type(exc).__name__}: {exc}")
+            await self.store.end_call(self.spec, slot, ToolResult(call.id, call.name, error=error))
+            raise
 
 
 async def _ready(result: ToolResult) -> ToolResult:

@@ -18,6 +18,7 @@ model's raw output, ``<|im_end|>``, the tool turn and the assistant cue, byte fo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Coroutine
 from contextlib import aclosing, suppress
@@ -195,8 +196,12 @@ class Agent:
                     or self._limit(spec, ckpt)
                     or await self._guarded(self._step(spec, ckpt), ckpt, halt)
                 )
-                if step.commit is not None:
-                    await self._commit(spec, ckpt, step.commit)
+                commit = step.commit
+                if commit is not None and not isinstance(step, Continue):
+                    # The run's last step carries its end, so that the two are written together.
+                    commit = dataclasses.replace(commit, outcome=self._outcome(spec, ckpt, step, commit))
+                if commit is not None:
+                    await self._commit(spec, ckpt, commit)
                 if isinstance(step, Continue):
                     continue
                 return await self._finish(spec, ckpt, step, span)
@@ -224,11 +229,12 @@ class Agent:
                     with suppress(asyncio.CancelledError):
                         await waiter
         # Halted wins over whatever the step task did with its cancellation (even if it swallowed it and
-        # ran to its end): the step is not committed.
+        # ran to its end): the step is not committed. Its exception is retrieved first, since check()
+        # raises once the lease is lost, so that the loop does not log it: the run ends here anyway.
+        if not task.cancelled():
+            task.exception()
         halted = halt.check()
         if halted is not None:
-            if not task.cancelled():
-                task.exception()  # retrieved, so that the loop does not log it: the run ends here anyway
             return halted
         if task.cancelled():
             return Stop("deadline")
@@ -378,17 +384,24 @@ class Agent:
         for key, count in commit.repeats.items():
             ckpt.repeats[key] = ckpt.repeats.get(key, 0) + count
 
-    async def _finish(self, spec: RunSpec, ckpt: Checkpoint, end: Answer | Stop, span: Span) -> Outcome:
-        reason: StopReason = "answer" if isinstance(end, Answer) else end.reason
-        outcome = Outcome(
+    @staticmethod
+    def _outcome(
+        spec: RunSpec, ckpt: Checkpoint, end: Answer | Stop, last: StepCommit | None = None
+    ) -> Outcome:
+        """The run's end, as it stands once ``last`` (its last step, when it has one to commit) is in."""
+        return Outcome(
             run_id=spec.run_id,
-            stop_reason=reason,
+            stop_reason="answer" if isinstance(end, Answer) else end.reason,
             output=end.text if isinstance(end, Answer) else "",
             value=end.value if isinstance(end, Answer) else None,
-            steps=ckpt.step,
-            prompt_tokens=ckpt.prompt_tokens,
-            completion_tokens=ckpt.completion_tokens,
+            steps=last.step + 1 if last is not None else ckpt.step,
+            prompt_tokens=ckpt.prompt_tokens + (last.prompt_tokens if last is not None else 0),
+            completion_tokens=ckpt.completion_tokens + (last.completion_tokens if last is not None else 0),
         )
+
+    async def _finish(self, spec: RunSpec, ckpt: Checkpoint, end: Answer | Stop, span: Span) -> Outcome:
+        outcome = self._outcome(spec, ckpt, end)
+        reason = outcome.stop_reason
         await self._store.finish(spec, outcome)
         record_stop(span, reason)
         record_run_end(reason, ckpt.step)

@@ -172,9 +172,24 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class Outcome:
+    run_id: str
+    stop_reason: StopReason
+    output: str = ""
+    value: Any = None
+    steps: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
 class StepCommit:
     """One acknowledged step, written atomically: the turns it appends, the token counts and call
-    signature counts it adds (deltas), the window start and JSON retries it sets, and a small record."""
+    signature counts it adds (deltas), the window start and JSON retries it sets, and a small record.
+
+    ``outcome`` is set on a run's last step (its answer, or a stop): a store that can writes the run's end
+    with it, atomically, so that a run whose last step is acknowledged is never resumed to sample again
+    (the loop still calls ``finish``, which is then a no-op)."""
 
     step: int
     turns: tuple[str, ...]
@@ -184,17 +199,7 @@ class StepCommit:
     json_retries: int
     repeats: dict[str, int]
     record: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    run_id: str
-    stop_reason: StopReason
-    output: str = ""
-    value: Any = None
-    steps: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    outcome: Outcome | None = None
 
 
 @dataclass(frozen=True)

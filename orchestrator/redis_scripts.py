@@ -10,27 +10,35 @@ check, so no stale worker can write over the live one.
 
 # KEYS: run, thread, steps, events, repeats, lease, ledger.
 # ARGV: worker (or "" for no fencing), step, window_start, d_prompt, d_completion, json_retries, record,
-#       ttl, maxlen, number of turns, the turns..., then signature/count pairs.
+#       ttl, maxlen, number of turns, the run's outcome fields JSON ("" unless this is its last step), the
+#       finished event's data, the turns..., then signature/count pairs.
+# A run's last step finishes it in the same script: a run whose last step is in is never resumed.
 COMMIT = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[6]) ~= ARGV[1] then return 0 end
 local step = tonumber(ARGV[2])
 if tonumber(redis.call('HGET', KEYS[1], 'step') or '0') ~= step then return -1 end
 local n = tonumber(ARGV[10])
-for i = 11, 10 + n do redis.call('RPUSH', KEYS[2], ARGV[i]) end
-for i = 11 + n, #ARGV, 2 do redis.call('HINCRBY', KEYS[5], ARGV[i], ARGV[i + 1]) end
+for i = 13, 12 + n do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+for i = 13 + n, #ARGV, 2 do redis.call('HINCRBY', KEYS[5], ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', KEYS[1], 'step', step + 1, 'window_start', ARGV[3], 'json_retries', ARGV[6])
 redis.call('HSET', KEYS[1], 'status', 'running')
 redis.call('HINCRBY', KEYS[1], 'prompt_tokens', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'completion_tokens', ARGV[5])
 redis.call('RPUSH', KEYS[3], ARGV[7])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*', 'kind', 'step', 'data', ARGV[7])
+if ARGV[11] ~= '' then
+  for k, v in pairs(cjson.decode(ARGV[11])) do redis.call('HSET', KEYS[1], k, v) end
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*', 'kind', 'finished', 'data', ARGV[12])
+end
 for i = 1, 7 do if i ~= 6 then redis.call('EXPIRE', KEYS[i], ARGV[8]) end end
 return 1
 """
 
 # KEYS: run, events, lease. ARGV: worker, outcome fields JSON, event data, maxlen, ttl.
+# A run finished already (by its last step's commit) is left as it is.
 FINISH = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'status') == 'finished' then return 1 end
 local fields = cjson.decode(ARGV[2])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'kind', 'finished', 'data', ARGV[3])

@@ -95,6 +95,9 @@ _STARTED = b'{"state":"started"'  # how a ledger entry of a call that never fini
 IDEMPOTENCY_TTL_S = 24 * 3600
 RUNS_INDEX_MAX = 10_000  # the most runs a tenant's index keeps (the newest)
 CLAIM_PENDING_S = 60  # how long a thread claim holds before its run's record is written
+# A command's timeout on the service's clients. Longer than any blocking read they make (the worker's
+# take: 100 ms; an event watcher's read: 1 s), which would otherwise time out while waiting as asked.
+SOCKET_TIMEOUT_S = 5.0
 _PREVIEW = 200  # characters of a tool's result that its event carries
 # What Redis raises when it is unreachable or refuses to serve: the REST API answers 503 for these (it
 # names them from here, because this is the one module that imports redis).
@@ -263,9 +266,17 @@ _IN_FLIGHT: set[asyncio.Task[None]] = set()
 def connect(url: str, *, password: str | None = None, max_connections: int = 64) -> Redis:
     """A client for a service process: at most ``max_connections`` to Redis, and a request that finds
     them all busy waits (up to 30 s) for one instead of failing: a burst of requests queues, it does not
-    turn into 503s (redis-py's default pool raises "Too many connections" past its limit)."""
+    turn into 503s (redis-py's default pool raises "Too many connections" past its limit).
+
+    Every command times out after ``SOCKET_TIMEOUT_S``: a stalled Redis then raises a timeout, which the
+    worker retries and the API answers 503, instead of a wait with no end."""
     pool = BlockingConnectionPool.from_url(
-        url, password=password, max_connections=max_connections, timeout=30
+        url,
+        password=password,
+        max_connections=max_connections,
+        timeout=30,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=SOCKET_TIMEOUT_S,
     )
     return Redis.from_pool(pool)  # the client owns the pool: closing it closes the connections
 
@@ -311,6 +322,7 @@ class RedisStore:
             self._ttl,
             EVENTS_MAXLEN,
             len(step.turns),
+            *(_ending(step.outcome) if step.outcome is not None else ("", "")),
             *step.turns,
             *pairs,
         ]
@@ -365,16 +377,10 @@ class RedisStore:
             raise LeaseLostError(f"run {spec.run_id}: lease lost before its {kind} event")
 
     async def finish(self, spec: RunSpec, outcome: Outcome) -> None:
+        """Record the run's end (a no-op when its last step's commit recorded it already)."""
         keys = Keys.of(spec.tenant, spec.run_id)
-        fields = {
-            "status": "finished",
-            "finished_at": repr(time.time()),
-            "stop_reason": outcome.stop_reason,
-            "output": outcome.output,
-            "value": json.dumps(outcome.value),
-        }
-        data = json.dumps({"stop_reason": outcome.stop_reason, "steps": outcome.steps})
-        args: list[EncodableT] = [self.worker, json.dumps(fields), data, EVENTS_MAXLEN, self._ttl]
+        fields, data = _ending(outcome)
+        args: list[EncodableT] = [self.worker, fields, data, EVENTS_MAXLEN, self._ttl]
         if not await self._batch.run(self._finish, [keys.run, keys.events, keys.lease], args):
             raise LeaseLostError(f"run {spec.run_id}: lease lost before it finished")
 
@@ -632,6 +638,18 @@ def _clip(text: str) -> str:
 def _idempotency_key(tenant: str, key: str) -> str:
     # Hashed: a client's key may hold any characters, and its length is bounded here.
     return f"cad:t:{_check_id('tenant', tenant)}:idem:{hashlib.sha256(key.encode()).hexdigest()[:40]}"
+
+
+def _ending(outcome: Outcome) -> tuple[str, str]:
+    """A finished run's record fields (JSON) and its ``finished`` event's data."""
+    fields = {
+        "status": "finished",
+        "finished_at": repr(time.time()),
+        "stop_reason": outcome.stop_reason,
+        "output": outcome.output,
+        "value": json.dumps(outcome.value),
+    }
+    return json.dumps(fields), json.dumps({"stop_reason": outcome.stop_reason, "steps": outcome.steps})
 
 
 def _compact(data: dict[str, Any]) -> str:

@@ -6,7 +6,8 @@ output, a denied action) comes back as a ``ToolResult`` with a ``ToolError``. Th
     WorkersError
     ├── SandboxError            the sandbox machinery itself failed (a call's cgroup limits could not
     │   │                       be set, a scratch volume could not be mounted)
-    │   └── SandboxStartError   a sandbox host could not be started or did not get ready
+    │   └── SandboxStartError   a sandbox host could not be started or did not get ready (the executor
+    │                           answers the call with an error result: the call did not run)
     ├── ToolConfigError         a tool cannot be registered: bad import path, trusted without the
     │                           operator's flag, unknown isolation class, duplicate name; or a
     │                           tools setting is invalid (the scratch quota or expiry)

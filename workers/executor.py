@@ -3,8 +3,10 @@
 Every failure the model can act on comes back as a result with a ``ToolError``, rendered by
 ``toolbox.hermes.tool_response_payload`` as ``{"name", "content", "error"}``: an unknown tool, invalid
 arguments, the tool raising, a timeout, running out of memory, a crash, output cut at the limit, a denied
-action, writing past the conversation's scratch quota. Exceptions are left for our own faults (a sandbox
-that cannot start, a scratch volume that cannot be mounted).
+action, writing past the conversation's scratch quota. A sandbox that cannot start (a cold host not ready in
+time on a loaded machine) is a result too: the call did not run, and the run goes on with the model told
+so, rather than failing over one call. Exceptions are left for our own faults (a call's cgroup limits that
+cannot be set, a scratch volume that cannot be mounted).
 
 Each call runs in its conversation's scratch directory (``sandbox.scratch``): held while the call runs,
 checked against the conversation's quota after it, and swept for expiry now and then.
@@ -27,14 +29,15 @@ from typing import Any, cast, get_args
 from toolbox.hermes import validate
 from toolbox.protocol import ToolCall, ToolError, ToolErrorType, ToolResult, ToolSpec
 from toolbox.tools import context
-from workers.errors import SandboxError
+from workers.errors import SandboxError, SandboxStartError
 from workers.registry import ToolEntry, ToolRegistry, resolve
 from workers.sandbox import Sandbox, create_sandbox
 from workers.sandbox import scratch_root as default_scratch_root
 from workers.sandbox.policy import Outcome, Task
-from workers.sandbox.scratch import ScratchSettings, ScratchStore, coarse_now_ns
+from workers.sandbox.scratch import ScratchSettings, ScratchStore, coarse_now_ns, fresh_tick_ns
 
 _KNOWN_ERRORS = frozenset(get_args(ToolErrorType))
+NOT_STARTED = "the call did not run: its sandbox could not be started; it may be called again"
 _log = logging.getLogger(__name__)
 
 
@@ -86,10 +89,14 @@ class Executor:
         entry = self.registry.get(call.name)
         if error is not None or entry is None:
             return ToolResult(call.id, call.name, error=error)
+        # Only a call that may go over a quota needs to know which files are its own.
+        started = await fresh_tick_ns() if self.scratch.quota else coarse_now_ns()
         scratch = await self._enter(conversation)
-        started = coarse_now_ns()
         try:
             outcome = await self._run(entry, call.arguments, scratch, conversation)
+        except SandboxStartError as exc:
+            _log.warning("call %s of %r did not run: %s", call.id, call.name, exc)
+            outcome = Outcome(error_type="crashed", error_message=f"{NOT_STARTED} ({exc})")
         finally:
             self.scratch.leave(conversation)
         outcome = await self._within_quota(outcome, conversation, started)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -16,11 +17,16 @@ from orchestrator.engines import Latency, ScriptedEngine
 from orchestrator.errors import LeaseLostError, RunNotFoundError
 from orchestrator.loop import Agent
 from orchestrator.memory import FunctionExecutor
-from orchestrator.ports import CallSlot, Chunk, CompletionRequest, Limits, RunSpec, StepCommit
+from orchestrator.ports import CallSlot, Chunk, CompletionRequest, Limits, Outcome, RunSpec, StepCommit
 from orchestrator.redis_store import QUEUE, RedisStore, RunQueue
 from orchestrator.runs import first_checkpoint, new_run
 from orchestrator.worker import Worker
 from toolbox.protocol import ToolCall, ToolResult, ToolSpec
+from workers.errors import SandboxError
+from workers.executor import Executor
+from workers.registry import builtin_registry
+from workers.sandbox import PooledSandbox
+from workers.sandbox.scratch import ScratchSettings
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -398,5 +404,64 @@ def test_a_stale_worker_cannot_mark_a_live_run_failed_or_drop_its_queue_entry(re
         assert (await store.status("acme", spec.run_id))["status"] == "queued"
         assert [e.kind for e in await store.events("acme", spec.run_id)] == []
         assert await client.xlen(QUEUE) == 1 and await client.get(lease) == b"w2"
+
+    with_redis(redis_url, body)
+
+
+class DiesBeforeFinish(RedisStore):
+    """Its worker dies once the run's last step is committed, before the run is marked finished."""
+
+    async def finish(self, spec: RunSpec, outcome: Outcome) -> None:
+        raise Crash
+
+
+def test_a_run_whose_last_step_is_committed_is_finished_and_never_sampled_again(redis_url: str) -> None:
+    """The answer's step and the run's end are written together: were they two writes, a crash between
+    them would leave a running run whose thread ends with its answer, and a worker that took it over
+    would ask the model again and append a second answer (the fault campaign found it)."""
+
+    async def body(client: Redis) -> None:
+        store = DiesBeforeFinish(client)
+        spec = await submit(store)
+        _, ckpt, _ = await store.load(spec.tenant, spec.run_id)
+        with pytest.raises(Crash):
+            await Agent(
+                ScriptedEngine(counting_script(1)), FunctionExecutor({"incr": lambda n: n}), store
+            ).run(spec, ckpt)
+        status = await store.status(spec.tenant, spec.run_id)
+        assert (status["status"], status["stop_reason"], status["step"]) == ("finished", "answer", "2")
+        events = [event.kind for event in await store.events(spec.tenant, spec.run_id)]
+        assert events.count("finished") == 1 and events[-1] == "finished"
+        await RedisStore(client).finish(spec, Outcome(spec.run_id, "answer", steps=2))  # the late call
+        assert [event.kind for event in await store.events(spec.tenant, spec.run_id)] == events
+
+    with_redis(redis_url, body)
+
+
+def test_a_call_whose_executor_raises_ends_its_ledger_entry_before_the_run_fails(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A call begun and never ended would be reported as interrupted forever (its effect unknown); one
+    that the worker knows failed is ended with that error before the exception fails the run."""
+    unusable = tmp_path / "a-file"
+    unusable.write_text("scratch directories cannot be made under a file")
+
+    async def body(client: Redis) -> None:
+        store = RedisStore(client)
+        registry = builtin_registry()
+        spec = new_run(tenant="acme", thread_id="th-x", tools=registry.specs())
+        await store.submit(spec, first_checkpoint(spec, []), "add")
+        _, ckpt, _ = await store.load(spec.tenant, spec.run_id)
+        engine = ScriptedEngine([call("calculator", expression="1 + 1"), "done"])
+        settings = ScratchSettings(quota=False)
+        async with Executor(
+            registry, sandbox=PooledSandbox("process", warm=0), scratch_root=unusable, scratch=settings
+        ) as executor:
+            with pytest.raises(SandboxError, match="cannot prepare the scratch directory"):
+                await Agent(engine, executor, store).run(spec, ckpt)
+        ledger = await client.hgetall(f"cad:t:acme:run:{spec.run_id}:ledger")
+        entries = [json.loads(v) for k, v in ledger.items() if b"@" not in k]
+        assert len(entries) == 1 and entries[0]["kind"] == "tool_result"
+        assert entries[0]["error"]["type"] == "crashed" and "SandboxError" in entries[0]["error"]["message"]
 
     with_redis(redis_url, body)

@@ -22,7 +22,7 @@ from orchestrator.engines import Latency, ScriptedEngine
 from orchestrator.errors import UnhealthyError
 from orchestrator.loop import Agent
 from orchestrator.memory import FunctionExecutor
-from orchestrator.redis_store import RedisStore, RunQueue
+from orchestrator.redis_store import SOCKET_TIMEOUT_S, RedisStore, RunQueue, connect
 from orchestrator.runs import first_checkpoint, new_run
 from orchestrator.worker import Backoff, Worker
 from toolbox.protocol import ToolSpec
@@ -231,3 +231,12 @@ async def unhealthy(worker: Worker) -> bool:
     except UnhealthyError:
         return True
     return False
+
+
+def test_the_service_clients_timeout_is_set_and_outlasts_their_blocking_reads() -> None:
+    """The worker's retries rely on a stalled command timing out: the timeout is ours, not redis-py's
+    default of the day (none at all before redis-py 6)."""
+    client = connect("redis://127.0.0.1:1")
+    options = client.connection_pool.connection_kwargs
+    assert options["socket_timeout"] == options["socket_connect_timeout"] == SOCKET_TIMEOUT_S
+    assert SOCKET_TIMEOUT_S > 1.0  # an event watcher's blocking read (hub.py) must not time out

@@ -16,7 +16,7 @@ from tests.integration.conftest_workers import cold_executor, require_bubblewrap
 from toolbox.hermes import tool_response_payload
 from toolbox.protocol import ToolCall, ToolResult
 from workers.errors import ToolConfigError
-from workers.executor import Executor
+from workers.executor import NOT_STARTED, Executor
 from workers.registry import ToolRegistry, builtin_registry
 from workers.sandbox import PooledSandbox
 from workers.sandbox.policy import Limits
@@ -182,6 +182,22 @@ def test_warm_pool_serves_a_prestarted_host_and_leaves_nothing_after_close(tmp_p
     elapsed, result = asyncio.run(main())
     assert result.content["result"] == 2
     assert elapsed < 0.5
+
+
+def test_a_sandbox_not_ready_in_time_answers_the_call_with_an_error(tmp_path: Path) -> None:
+    require_bubblewrap()
+
+    async def main() -> ToolResult:
+        registry = builtin_registry()
+        # No host gets ready within a millisecond: a cold start on a loaded machine, made certain.
+        sandbox = PooledSandbox("bubblewrap", preload=registry.sandbox_modules(), warm=0, start_timeout=0.001)
+        async with Executor(registry, sandbox=sandbox, scratch_root=tmp_path) as executor:
+            return await executor.execute(ToolCall("c", "python", {"code": "1 + 1"}), "slow")
+
+    result = asyncio.run(main())
+    assert result.error is not None and result.error.type == "crashed"
+    assert NOT_STARTED in result.error.message and "not ready within 0.001 s" in result.error.message
+    assert sandbox_processes() == []
 
 
 @pytest.mark.parametrize("mechanism", ["landlock", "process"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from workers.executor import Executor
 from workers.registry import ToolRegistry, builtin_registry
 from workers.sandbox import Mechanism, PooledSandbox
 from workers.sandbox.policy import Limits
-from workers.sandbox.scratch import ScratchSettings
+from workers.sandbox.scratch import ScratchSettings, ScratchStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 MiB = 1024 * 1024
@@ -126,6 +127,28 @@ def test_a_call_writing_past_the_scratch_quota_fails_and_its_files_are_removed(t
     assert image.stat().st_blocks * 512 < 4 * MiB
 
 
+def test_files_written_just_before_a_call_over_the_quota_are_not_taken_for_its_own(tmp_path: Path) -> None:
+    """Files carry the kernel's coarse clock (4 ms ticks): a file that the call before wrote in the tick in
+    which the next call starts must not look written by it, and go when that call's files are removed."""
+    calls: list[tuple[str, dict[str, Any], str]] = []
+    for n in range(8):
+        calls.append(("files", {"action": "write", "path": f"kept{n}.txt", "content": "keep me"}, "q"))
+        calls.append(("python", {"code": "open('big.bin', 'wb').write(b'x' * (9 << 20))"}, "q"))
+
+    async def main() -> list[ToolResult]:
+        registry = builtin_registry()
+        sandbox = PooledSandbox("bubblewrap", preload=registry.sandbox_modules(), warm=1)
+        settings = ScratchSettings(quota_bytes=8 * MiB)
+        async with Executor(registry, sandbox=sandbox, scratch_root=tmp_path, scratch=settings) as executor:
+            return await _calls(executor, *calls)
+
+    require_bubblewrap()
+    results = asyncio.run(main())
+    assert [r.error.type if r.error else None for r in results] == [None, "denied"] * 8
+    kept = sorted(path.name for path in (tmp_path / "q").iterdir() if path.suffix == ".txt")
+    assert kept == [f"kept{n}.txt" for n in range(8)]
+
+
 def test_unused_scratch_is_unmounted_then_deleted_but_never_while_a_worker_holds_it(tmp_path: Path) -> None:
     settings = ScratchSettings(quota_bytes=8 * MiB, idle_seconds=600.0, ttl_seconds=3600.0)
     write = {"action": "write", "path": "kept.txt", "content": "still here"}
@@ -207,3 +230,28 @@ def test_an_idle_conversation_is_let_go_only_after_its_warm_sandboxes(tmp_path: 
     done, left, [reread] = asyncio.run(main())
     assert done == ["unmounted w"] and left == []
     assert reread.content == "still here"
+
+
+@pytest.mark.parametrize("quota", [True, False])
+def test_two_workers_use_one_conversation_at_once(tmp_path: Path, quota: bool) -> None:
+    """A run taken over by another worker goes on in the same conversation: the second worker must not
+    wait for the first to let it go (it holds it as long as it keeps a warm sandbox for it)."""
+    settings = ScratchSettings(quota_bytes=8 * MiB, quota=quota)
+    first, second = ScratchStore(tmp_path, settings), ScratchStore(tmp_path, settings)
+    entered = threading.Event()
+
+    def enter() -> None:
+        second.enter("shared")
+        entered.set()
+
+    path = first.enter("shared")
+    (path / "note.txt").write_text("from the first")
+    thread = threading.Thread(target=enter, daemon=True)
+    thread.start()
+    try:
+        assert entered.wait(10), "the second worker waited for the first to let the conversation go"
+        assert (second.path("shared") / "note.txt").read_text() == "from the first"
+    finally:
+        first.release_all()  # lets a second worker that waits go on, so that the thread ends
+        thread.join(10)
+        second.release_all()

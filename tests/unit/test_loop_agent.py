@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections.abc import AsyncGenerator
 from contextlib import suppress
@@ -20,6 +21,7 @@ from orchestrator.ports import (
     Checkpoint,
     Chunk,
     CompletionRequest,
+    Interrupted,
     Limits,
     Outcome,
     RunSpec,
@@ -350,3 +352,35 @@ def test_scripted_engine_reports_unused_and_missing_outputs() -> None:
     agent, *_, spec, ckpt = setup([call("add", a=1, b=1)])
     with pytest.raises(ScriptError):
         run(agent, spec, ckpt)
+
+
+class LosingStore(MemoryStore):
+    """Loses the run's lease as its first call begins: the heartbeat relays it while the write fails."""
+
+    def __init__(self, lost: asyncio.Event) -> None:
+        super().__init__()
+        self._lost = lost
+
+    async def begin_call(
+        self, spec: RunSpec, slot: CallSlot, call: ToolCall
+    ) -> ToolResult | Interrupted | None:
+        self._lost.set()
+        raise LeaseLostError(f"run {spec.run_id}: lease lost before call {slot.entry} began")
+
+
+def test_a_lease_lost_mid_step_leaves_no_task_exception_unretrieved() -> None:
+    async def main() -> list[dict[str, Any]]:
+        unhandled: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: unhandled.append(context))
+        lost = asyncio.Event()
+        store = LosingStore(lost)
+        spec = new_run(tenant="t1", thread_id="th1", tools=[ADD])
+        agent = Agent(
+            ScriptedEngine([call("add", a=1, b=2)]), FunctionExecutor({"add": lambda a, b: a + b}), store
+        )
+        with pytest.raises(LeaseLostError):
+            await agent.run(spec, first_checkpoint(spec, [user_turn("add")]), lost=lost)
+        gc.collect()  # an unretrieved exception is reported when its task is collected
+        return unhandled
+
+    assert asyncio.run(main()) == []

@@ -19,7 +19,7 @@ from workers.sandbox.cgroup import CallGroup, CallGroups, dispose
 from workers.sandbox.launch import SECCOMP_FD, HostSpec, Launch, build
 from workers.sandbox.policy import Limits, Mechanism, Outcome
 
-_START_TIMEOUT = 10.0
+START_TIMEOUT = 10.0  # a cold host on a loaded machine may take seconds
 _GRACE = 2.0  # the host enforces the wall-clock limit itself; this covers a host that cannot answer
 _LINE_LIMIT = 64 * 1024 * 1024
 # Joins each cgroup named before the command ($0 says how many), then becomes the command.
@@ -41,7 +41,9 @@ class Host:
         self.out_of_memory = False
 
     @classmethod
-    async def start(cls, spec: HostSpec, mechanism: Mechanism, groups: CallGroups) -> Host:
+    async def start(
+        cls, spec: HostSpec, mechanism: Mechanism, groups: CallGroups, timeout: float = START_TIMEOUT
+    ) -> Host:
         launch = build(spec, mechanism)
         group = _group(groups)
         try:
@@ -53,9 +55,11 @@ class Host:
         try:
             if group is not None:
                 group.watch_oom(asyncio.get_running_loop().add_reader, host._on_oom)
-            await asyncio.wait_for(host._await_ready(), _START_TIMEOUT)
-        except BaseException:  # a timeout, a failed start, or the pool closing while it started
+            await asyncio.wait_for(host._await_ready(), timeout)
+        except BaseException as exc:  # a timeout, a failed start, or the pool closing while it started
             await host.kill()
+            if isinstance(exc, TimeoutError):
+                raise SandboxStartError(f"sandbox host was not ready within {timeout} s") from exc
             raise
         return host
 

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from workers.sandbox.cgroup import REQUIRED, CallGroups
-from workers.sandbox.host import Host
+from workers.sandbox.host import START_TIMEOUT, Host
 from workers.sandbox.launch import HostSpec
 from workers.sandbox.policy import Mechanism, Outcome, Task
 
@@ -32,6 +32,7 @@ class PooledSandbox:
         max_keys: int = 32,
         idle_seconds: float = 300.0,
         landlock_abi: int = 0,
+        start_timeout: float = START_TIMEOUT,
     ) -> None:
         self.mechanism: Mechanism = mechanism
         self.preload = preload
@@ -39,6 +40,7 @@ class PooledSandbox:
         self.max_keys = max_keys
         self.idle_seconds = idle_seconds
         self.landlock_abi = landlock_abi  # tests run the fallback as on kernels before 6.12 with it
+        self.start_timeout = start_timeout
         self.groups = CallGroups()
         self._ready: OrderedDict[HostSpec, list[Host]] = OrderedDict()
         self._starting: set[asyncio.Task[None]] = set()
@@ -72,7 +74,9 @@ class PooledSandbox:
 
     async def _cold(self, spec: HostSpec, task: Task) -> Host:
         # A host started for one waiting call imports only that call's tool, not every tool.
-        return await Host.start(replace(spec, preload=(task.module,)), self.mechanism, self.groups)
+        return await Host.start(
+            replace(spec, preload=(task.module,)), self.mechanism, self.groups, self.start_timeout
+        )
 
     async def prewarm(self, task: Task) -> None:
         """Start the warm hosts for ``task``'s scratch directory and wait until they are ready."""
@@ -96,7 +100,7 @@ class PooledSandbox:
     async def _start_into(self, spec: HostSpec) -> None:
         host: Host | None = None
         try:
-            host = await Host.start(spec, self.mechanism, self.groups)
+            host = await Host.start(spec, self.mechanism, self.groups, self.start_timeout)
         except Exception:  # a failed warm start only means that the next call starts cold
             return
         finally:

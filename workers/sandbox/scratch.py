@@ -13,8 +13,10 @@ so the space is given back. Elsewhere the directories are plain and ``problem`` 
 then refuses untrusted tools and ``caduceus doctor`` says so.
 
 **Holding.** A worker holds a shared ``flock`` on the lock of every conversation it has a call or a warm
-sandbox for, so that no other worker unmounts or deletes it meanwhile; unmounting and deleting take the
-lock exclusively, without waiting. The lock file is re-checked after locking (it may have been deleted).
+sandbox for, so that no other worker unmounts or deletes it meanwhile; preparing (mounting), unmounting and
+deleting take the lock exclusively, without waiting, so that workers share a conversation at once (a run
+taken over by another worker goes on in the same directory). The lock file is re-checked after locking (it
+may have been deleted).
 
 **Expiry.** ``sweep`` unmounts the volumes of conversations unused for ``idle_seconds`` (the data stays in
 the image) and deletes directory, image and lock of those unused for ``ttl_seconds``.
@@ -22,6 +24,7 @@ the image) and deletes directory, image and lock of those unused for ``ttl_secon
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
@@ -39,6 +42,7 @@ from workers.sandbox.policy import check_conversation
 _STATE = ".caduceus"
 _SHOWN = 10  # file names listed in a quota error
 _CLOCK_REALTIME_COARSE = 5  # Linux; the time module does not name it
+_TICK_S = 0.001
 
 
 @dataclass(frozen=True)
@@ -198,23 +202,46 @@ class ScratchStore:
 
     def _open(self, conversation: str, path: Path) -> _Held:
         self._state.mkdir(mode=0o700, parents=True, exist_ok=True)
-        lock = self._state / f"{conversation}.lock"
-        while True:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            if _same_file(fd, lock):
-                break
-            os.close(fd)  # deleted by an expiry meanwhile: lock the new one
-        try:
-            self._prepare(conversation, path)
-        except BaseException:
-            os.close(fd)
-            raise
-        fcntl.flock(fd, fcntl.LOCK_SH)  # others may use it too, but not unmount or delete it
+        fd = self._shared(conversation, path)
         held = _Held(fd, path)
         with self._lock:
             self._held[conversation] = held
         return held
+
+    def _shared(self, conversation: str, path: Path) -> int:
+        """The conversation's lock, held shared, once its directory is ready (prepared here if need be).
+
+        The shared lock waits only for an exclusive holder (a prepare, an unmount or an expiry: short).
+        Preparing takes the lock exclusively without waiting: another worker that holds it shared holds
+        a prepared directory, which the next look finds ready; waiting for it instead would last as long
+        as that worker uses the conversation."""
+        lock = self._state / f"{conversation}.lock"
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            if not _same_file(fd, lock):
+                os.close(fd)  # deleted by an expiry meanwhile: lock the new one
+                continue
+            if self._ready_on_disk(path):
+                return fd
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)  # another worker is preparing it, or holds it: look again
+                time.sleep(0.005)
+                continue
+            try:
+                if _same_file(fd, lock):
+                    self._prepare(conversation, path)
+                    fcntl.flock(fd, fcntl.LOCK_SH)  # others may use it too, but not unmount or delete it
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+
+    def _ready_on_disk(self, path: Path) -> bool:
+        return volume.mounted(path) if self.quota else path.is_dir()
 
     def _prepare(self, conversation: str, path: Path) -> None:
         if not self.quota:
@@ -340,3 +367,13 @@ def _remove_newer(root: Path, since_ns: int) -> list[str]:
 def coarse_now_ns() -> int:
     """The clock the kernel stamps files with, so that a file written just after a reading is not older."""
     return time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)
+
+
+async def fresh_tick_ns() -> int:
+    """A ``coarse_now_ns`` reading later than the stamp of every file written before the call: it waits
+    for the clock's next tick (4 ms here). A file written by the call before, in the same tick, would
+    otherwise look written by this call, and be removed with its files if this call goes over its quota."""
+    before = coarse_now_ns()
+    while (now := coarse_now_ns()) == before:
+        await asyncio.sleep(_TICK_S)
+    return now

@@ -208,6 +208,8 @@ def test_the_demo_runs_against_an_endpoint(
     assert 'ran calculator in its sandbox -> {"name": "calculator", "content": 391}' in out
     assert "verdict: the model stored the calculator's result (391)" in out
     assert "answer: '17 times 23 is 391; it is saved in result.txt.'" in out
-    assert [(tmp_path / name / "result.txt").read_text() for name in os.listdir(tmp_path)] == ["391"]
+    # The conversations' directories (the scratch root also holds the sandbox's own `.caduceus` state).
+    conversations = [name for name in os.listdir(tmp_path) if not name.startswith(".")]
+    assert [(tmp_path / name / "result.txt").read_text() for name in conversations] == ["391"]
     bodies = [body for _, body in server.requests]
     assert all(body["model"] == "hermes-3-8b" and "structured_outputs" in body for body in bodies)

@@ -24,6 +24,7 @@ from ray.util import placement_group_table
 from deploy import service_demo
 from deploy.app import LLM_PREFIX, build_app
 from deploy.model_files import model_directory
+from tests.integration.conftest_api import sse
 from tests.integration.ray_cluster import KEYS_ENV, REDIS_ENV, RayTestCluster
 from toolbox.hermes import STOP, parse, render_prompt, validate
 from toolbox.hermes.constraint import json_answer, tool_calls
@@ -201,8 +202,11 @@ def test_a_consumer_that_stops_reading_aborts_the_generation_in_vllm(handle: Any
     assert whole(handle, request(STORY, 4)).choices[0].finish_reason == "length"
 
 
+HEADERS = {"Authorization": "Bearer key-a"}
+
+
 def _run(service: httpx.Client) -> tuple[dict[str, Any], list[dict[str, str]]]:
-    headers = {"Authorization": "Bearer key-a"}
+    headers = HEADERS
     created = service.post("/v1/runs", json=service_demo.request(), headers=headers)
     assert created.status_code == 202, created.text
     run_id = created.json()["id"]
@@ -229,6 +233,12 @@ def test_the_real_model_completes_the_two_step_task_through_the_service(service:
         assert validate(call, {call.name: _spec(offered[call.name])}) is None
     results = [m["content"] for m in thread if m["role"] == "tool"]
     assert len(results) == 2 and all('"error"' not in result for result in results), results
+    # The run's delta events are vLLM's tokens as they streamed: per step they add up to the turn stored.
+    with service.stream("GET", f"/v1/runs/{run['id']}/events", headers=HEADERS) as response:
+        deltas = [json.loads(frame["data"]) for frame in sse(response) if frame["event"] == "delta"]
+    said = ["".join(d["text"] for d in deltas if d["step"] == step) for step in range(3)]
+    assert said == [m["content"] for m in thread if m["role"] == "assistant"]
+    assert len(deltas) > 3, "streamed in pieces, not one piece per turn"
     # Greedy and constrained: the same task gives the same run, token for token.
     again, replay = _run(service)
     assert [m["content"] for m in replay] == [m["content"] for m in thread]

@@ -65,9 +65,12 @@ def test_json_is_accepted() -> None:
         ("redis: {url: redis://x}", "redis.url: Extra inputs are not permitted"),
         ("colour: blue", "colour: Extra inputs are not permitted"),
         ("models: [{preset: hermes-3-3b}, {preset: hermes-3-3b}]", "repeated: hermes-3-3b"),
-        ("models: [{replicas: {min: 1}}]", "models.0: Value error, preset is required for the vllm engine"),
-        ("models: [{engine: gpu}]", "models.0.engine: Input should be 'vllm', 'scripted' or 'local'"),
-        ("models: [{engine: local}, {engine: local}]", "repeated: smollm2-135m"),
+        ("models: [{replicas: {min: 1}}]", "models.0: Value error, preset is required on GPUs"),
+        ("models: [{engine: gpu}]", "models.0.engine: Input should be 'vllm' or 'scripted'"),
+        ("models: [{engine: local}]", "models.0.engine: Input should be 'vllm' or 'scripted'"),
+        ("models: [{device: cpu, engine: scripted}]", "the scripted engine models a GPU preset"),
+        ("models: [{device: cpu, tensor_parallel_size: 0}]", "models.0.tensor_parallel_size"),
+        ("models: [{device: cpu}, {device: cpu}]", "repeated: smollm2-135m"),
         ("- a list", "must be a mapping"),
         ("models: [unclosed", "not valid YAML or JSON"),
     ],
@@ -91,8 +94,8 @@ def test_engines_names_and_constrained_defaults() -> None:
     config = load_config(
         """
 models:
-  - {engine: local}
-  - {engine: local, name: hermes-local, model_source: /models/hermes-3-3b, constrained: false}
+  - {device: cpu}
+  - {device: cpu, name: hermes-local, model_source: /models/hermes-3-3b, constrained: false}
   - {preset: hermes-2-theta-70b, engine: scripted, scripted_latency: {first_token_s: 0.1, per_token_s: 0.013}}
   - {preset: hermes-3-3b}
 """

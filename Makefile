@@ -14,7 +14,7 @@ UV_SYNC := $(UV) pip sync --python $(BIN)/python --require-hashes --find-links $
 # The stamp names a hash of the lock and of pyproject.toml, so a new lock or entry point reinstalls.
 STAMP := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test demo check lint typecheck imports pytest install sync lock envcheck clean bench bench-parse bench-chaos bench-engine bench-affinity bench-loop bench-service helm-check
+.PHONY: test demo check lint typecheck imports pytest install sync lock envcheck clean bench bench-parse bench-chaos bench-engine bench-affinity bench-loop bench-service bench-sandbox helm-check
 
 install: $(STAMP)
 
@@ -83,7 +83,7 @@ demo: envcheck
 	$(BIN)/caduceus demo
 
 # Benchmarks print a table and, last, one RESULT {json} line each.
-bench: bench-parse bench-chaos bench-loop bench-engine bench-affinity bench-service
+bench: bench-parse bench-chaos bench-loop bench-engine bench-affinity bench-service bench-sandbox
 
 bench-parse: install
 	$(BIN)/python bench/parse.py
@@ -99,6 +99,9 @@ bench-affinity: envcheck
 
 bench-service: install
 	$(BIN)/python bench/service.py
+
+bench-sandbox: install
+	$(BIN)/python bench/sandbox.py
 
 # LangGraph is measured beside our loop, but never installed into the test environment: the loop
 # benchmark has an environment of its own, locked too, with the project, a Redis server and LangGraph.

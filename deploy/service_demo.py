@@ -6,6 +6,9 @@ directory or GGUF file; or ``--scripted`` for exact Hermes output), sandboxed to
 Redis (embedded unless ``REDIS_URL`` is set). The demo submits the task over REST, streams the run's
 events live (the model's tokens, each tool call and result), and prints the answer and a step summary.
 
+``against(url, key)`` runs the same task against a service that is already up (``caduceus serve``, or a
+deployment on Kubernetes): a smoke test of that service, which stays up.
+
 The run is constrained (every tool call valid by construction), greedy, and shaped for a tiny model: the
 tool set is ``demo`` (narrow argument schemas) and ``tool_choice`` holds turn 1 to the calculator, turn 2 to
 the files tool, turn 3 to a text answer: the grammar picks the tool, the model writes the arguments.
@@ -25,7 +28,7 @@ from deploy.commands.progress import Progress
 from deploy.config import ServiceConfig, load_config
 from deploy.demo_tools import ANSWER_INSTRUCTION
 from deploy.local_redis import free_port
-from deploy.local_service import LOCAL_TENANT, LocalService, local_service
+from deploy.local_service import LOCAL_TENANT, local_service
 from orchestrator.ports import conversation_key
 from toolbox.hermes import parse
 
@@ -73,9 +76,25 @@ def main(*, model: str | None = None, scripted: bool = False) -> int:
         except ClientError as exc:
             print(f"caduceus demo: error: {exc}", file=sys.stderr)
             return exc.exit_code
-        for line in summary(done, messages, service):
+        scratch = Path(service.scratch_root) / conversation_key(LOCAL_TENANT, done["thread_id"])
+        for line in summary(done, messages, scratch):
             print(line)
     print("service stopped.")
+    return 0 if done["status"] == "completed" else 1
+
+
+def against(url: str, api_key: str | None) -> int:
+    """The task against the service at ``url`` (it needs the calculator and files tools); the files the
+    tool wrote stay on the service's side, so the summary shows the tool's answers only."""
+    print(f"task (against {url}): {QUESTION}\n", flush=True)
+    try:
+        with ApiClient(url, api_key, timeout_s=120) as client:
+            done, messages = _run(client)
+    except ClientError as exc:
+        print(f"caduceus demo: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    for line in summary(done, messages, None):
+        print(line)
     return 0 if done["status"] == "completed" else 1
 
 
@@ -88,8 +107,9 @@ def _run(client: ApiClient) -> tuple[dict[str, Any], list[dict[str, str]]]:
     return done, messages
 
 
-def summary(done: dict[str, Any], messages: list[dict[str, str]], service: LocalService) -> list[str]:
-    """The answer, each step's calls with their results, and what the file tool really wrote."""
+def summary(done: dict[str, Any], messages: list[dict[str, str]], scratch: Path | None) -> list[str]:
+    """The answer, each step's calls with their results, and what the file tool really wrote (read from
+    the conversation's ``scratch`` directory when it is on this machine)."""
     lines = [
         f"\n=== {done['status']} ({done['stop_reason']}): {done['steps']} steps in {done['seconds']:.1f} s"
     ]
@@ -102,8 +122,7 @@ def summary(done: dict[str, Any], messages: list[dict[str, str]], service: Local
         if calls and number <= len(results):
             lines.append(f"          -> {' '.join(results[number - 1].split())[:160]}")
     lines.append(f"answer: {done['output']!r}" if done.get("output") else "answer: (none)")
-    scratch = Path(service.scratch_root) / conversation_key(LOCAL_TENANT, done["thread_id"])
-    written = sorted(scratch.glob("*")) if scratch.is_dir() else []
+    written = sorted(scratch.glob("*")) if scratch is not None and scratch.is_dir() else []
     for path in written:
         lines.append(f"the files tool wrote {path.name}: {path.read_text()[:80]!r} (in {scratch})")
     usage = done["usage"]

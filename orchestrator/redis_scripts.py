@@ -150,11 +150,39 @@ end
 return status
 """
 
-# KEYS: an idempotency key. ARGV: run id. Deletes the binding only while it still names that run.
-FORGET = """
-local held = redis.call('GET', KEYS[1])
-if held and cjson.decode(held)['run'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+# KEYS: thread, run, the thread's run (claim), the tenant's run index, queue, the idempotency key (any key
+# when there is none). ARGV: run id, tenant, ttl, now, thread must exist ("1"/"0"), the idempotency
+# binding JSON ("" for none), its ttl, the prefix of the tenant's run keys, index cutoff score, index
+# size, enqueue ("1"/"0"), claim the thread ("1"/"0"), number of turns, the turns..., then the record's
+# field/value pairs.
+# A whole submission, atomically: replays an idempotency key bound already ({'idem', binding}), refuses an
+# unknown thread ({'no_thread'}) or, when claiming, a thread whose run is still queued or running ({'busy',
+# run}); else appends the turns, writes the record, claims the thread (for as long as the record lasts),
+# indexes and queues the run and binds the key ({'ok'}).
+SUBMIT = """
+if ARGV[6] ~= '' then
+  local held = redis.call('GET', KEYS[6])
+  if held then return {'idem', held} end
+end
+if ARGV[5] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return {'no_thread'} end
+if ARGV[12] == '1' then
+  local holder = redis.call('GET', KEYS[3])
+  if holder and holder ~= ARGV[1] then
+    local status = redis.call('HGET', ARGV[8] .. holder, 'status')
+    if status == 'queued' or status == 'running' then return {'busy', holder} end
+  end
+  redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3])
+end
+local n = tonumber(ARGV[13])
+redis.call('RPUSH', KEYS[1], unpack(ARGV, 14, 13 + n))
+redis.call('HSET', KEYS[2], unpack(ARGV, 14 + n, #ARGV))
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[9])
+redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -tonumber(ARGV[10]) - 1)
+for i = 1, 4 do if i ~= 3 then redis.call('EXPIRE', KEYS[i], ARGV[3]) end end
+if ARGV[11] == '1' then redis.call('XADD', KEYS[5], '*', 'tenant', ARGV[2], 'run', ARGV[1]) end
+if ARGV[6] ~= '' then redis.call('SET', KEYS[6], ARGV[6], 'EX', ARGV[7]) end
+return {'ok'}
 """
 
 # KEYS: a tenant's run index. ARGV: the run id to list after ("" for the newest), count.

@@ -52,7 +52,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, Literal, TypeAlias, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -64,10 +64,9 @@ from redis.exceptions import (
     RedisError,
     ResponseError,
     TryAgainError,
-    WatchError,
 )
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.typing import EncodableT, FieldT
+from redis.typing import EncodableT
 
 from orchestrator import redis_scripts as lua
 from orchestrator.errors import (
@@ -94,7 +93,6 @@ _SPEC: TypeAdapter[RunSpec] = TypeAdapter(RunSpec)
 _STARTED = b'{"state":"started"'  # how a ledger entry of a call that never finished begins
 IDEMPOTENCY_TTL_S = 24 * 3600
 RUNS_INDEX_MAX = 10_000  # the most runs a tenant's index keeps (the newest)
-CLAIM_PENDING_S = 60  # how long a thread claim holds before its run's record is written
 # A command's timeout on the service's clients. Longer than any blocking read they make (the worker's
 # take: 100 ms; an event watcher's read: 1 s), which would otherwise time out while waiting as asked.
 SOCKET_TIMEOUT_S = 5.0
@@ -181,6 +179,18 @@ class Event:
     id: str
     kind: str
     data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What a submission did: ``created`` the run (``record``: its record's fields, as written, but the
+    spec), found its idempotency key bound already (``replay``: the bound ``run_id`` and the request's
+    ``fingerprint``), found ``no_thread`` to continue, or the thread ``busy`` with run ``run_id``."""
+
+    kind: Literal["created", "replay", "no_thread", "busy"]
+    run_id: str
+    record: dict[str, str] = dataclasses.field(default_factory=dict)
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True)
@@ -303,7 +313,7 @@ class RedisStore:
         self._done = redis.register_script(lua.DONE)
         self._heartbeat = redis.register_script(lua.HEARTBEAT)
         self._cancel = redis.register_script(lua.CANCEL)
-        self._forget = redis.register_script(lua.FORGET)
+        self._submit = redis.register_script(lua.SUBMIT)
         self._list = redis.register_script(lua.LIST_RUNS)
 
     # -- the RunStore port -----------------------------------------------------------------------
@@ -404,44 +414,71 @@ class RedisStore:
         enqueue: bool = True,
         earlier: Sequence[str] = (),
         extra: Mapping[str, str] | None = None,
-        claimed: bool = False,
-    ) -> None:
-        """Append the user's turn to the thread, write the run record, and queue the run.
+        claim: bool = False,
+        existing_thread: bool = False,
+        idempotency: tuple[str, str] | None = None,
+    ) -> Submitted:
+        """Append the user's turn to the thread, write the run record, and queue the run: one script, one
+        round trip, all or nothing.
 
         ``earlier`` are rendered turns that go before the user's (a conversation given whole, as the
         chat-completions endpoint receives it); ``extra`` are more record fields (the API's metadata).
-        The record's ``created_at`` is now, which also places the run in its tenant's index. ``claimed``:
-        the run claimed its thread (``claim_thread``), and the claim is made to last with the record.
+        The record's ``created_at`` is now, which also places the run in its tenant's index.
+        ``claim``: the run claims its thread, unless another run of it is still queued or running (two
+        runs appending to one thread at once would interleave their turns); the claim lasts as long as
+        the record. ``existing_thread``: the thread must exist already. ``idempotency``: (key,
+        fingerprint of the request): a key bound already is answered with its binding (nothing is
+        written), else it is bound to this run, with the run.
         """
         keys, now = Keys.of(spec.tenant, spec.run_id, spec.thread_id), time.time()
-        record: dict[FieldT, EncodableT] = dict((extra or {}).items())
+        record: dict[str, str | bytes] = dict((extra or {}).items())
         record |= {
             "spec": encode_spec(spec),  # refuses a spec that would not read back, before any write
             "created_at": repr(now),
             "status": "queued",
-            "step": 0,
-            "window_start": ckpt.window_start,
-            "prompt_tokens": 0,
-            "completion_tokens": 0,
-            "json_retries": 0,
+            "step": "0",
+            "window_start": str(ckpt.window_start),
+            "prompt_tokens": "0",
+            "completion_tokens": "0",
+            "json_retries": "0",
             "deadline": repr(ckpt.deadline),
             "trace": json.dumps(ckpt.trace),
         }
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(keys.thread, *earlier, user_turn(text))
-            pipe.hset(keys.run, mapping=record)
-            if claimed:  # the thread's claim now lasts as long as the record that proves it
-                pipe.set(_thread_run_key(spec.tenant, spec.thread_id), spec.run_id, ex=self._ttl)
-            index = _runs_key(spec.tenant)
-            pipe.zadd(index, {spec.run_id: now})
-            # Runs submitted longer ago than the TTL are forgotten (their records expire about then too).
-            pipe.zremrangebyscore(index, "-inf", f"({now - self._ttl!r}")
-            pipe.zremrangebyrank(index, 0, -RUNS_INDEX_MAX - 1)
-            for key in (keys.thread, keys.run, index):
-                pipe.expire(key, self._ttl)
-            if enqueue:
-                pipe.xadd(QUEUE, {"tenant": spec.tenant, "run": spec.run_id})
-            await pipe.execute()
+        binding = ""
+        idem_key = keys.run  # a key the script never touches when there is no binding
+        if idempotency is not None:
+            idem_key = _idempotency_key(spec.tenant, idempotency[0])
+            binding = json.dumps({"fingerprint": idempotency[1], "run": spec.run_id})
+        turns = [*earlier, user_turn(text)]
+        args: list[EncodableT] = [
+            spec.run_id,
+            spec.tenant,
+            self._ttl,
+            repr(now),
+            "1" if existing_thread else "0",
+            binding,
+            IDEMPOTENCY_TTL_S,
+            Keys.of(spec.tenant, spec.run_id).run.removesuffix(spec.run_id),
+            repr(now - self._ttl),
+            RUNS_INDEX_MAX,
+            "1" if enqueue else "0",
+            "1" if claim else "0",
+            len(turns),
+            *turns,
+            *(part for pair in record.items() for part in pair),
+        ]
+        claim_key = _thread_run_key(spec.tenant, spec.thread_id)
+        script_keys = [keys.thread, keys.run, claim_key, _runs_key(spec.tenant), QUEUE, idem_key]
+        reply = await self._batch.run(self._submit, script_keys, args)
+        kind = _text(reply[0])
+        if kind == "ok":
+            return Submitted("created", spec.run_id, {k: _text(v) for k, v in record.items() if k != "spec"})
+        if kind == "idem":
+            held = json.loads(reply[1])
+            return Submitted("replay", str(held["run"]), fingerprint=str(held["fingerprint"]))
+        if kind == "busy":
+            return Submitted("busy", _text(reply[1]))
+        return Submitted("no_thread", spec.run_id)
 
     async def load(self, tenant: str, run_id: str) -> tuple[RunSpec, Checkpoint, str]:
         """The run's spec, its last checkpoint, and its status."""
@@ -542,47 +579,6 @@ class RedisStore:
         args: list[EncodableT] = [json.dumps(fields), data, EVENTS_MAXLEN, self._ttl]
         found = await self._cancel(keys=[keys.run, keys.cancel, keys.lease, keys.events], args=args)
         return None if found is None else _text(found)
-
-    async def remember_request(self, tenant: str, key: str, fingerprint: str, run_id: str) -> dict[str, str]:
-        """Bind an idempotency key to a request (its fingerprint) and the run it created, unless the key
-        is bound already; returns the binding that holds now (the caller's, or the earlier one)."""
-        name = _idempotency_key(tenant, key)
-        mine = json.dumps({"fingerprint": fingerprint, "run": run_id})
-        if await self.redis.set(name, mine, nx=True, ex=IDEMPOTENCY_TTL_S):
-            return {"fingerprint": fingerprint, "run": run_id}
-        held = await self.redis.get(name)
-        return dict(json.loads(held)) if held else {"fingerprint": fingerprint, "run": run_id}
-
-    async def forget_request(self, tenant: str, key: str, run_id: str) -> None:
-        """Unbind an idempotency key whose run was never created (only if it is still bound to it)."""
-        await self._forget(keys=[_idempotency_key(tenant, key)], args=[run_id])
-
-    async def claim_thread(self, tenant: str, thread_id: str, run_id: str) -> str | None:
-        """Make ``run_id`` the thread's run unless another run of it is still queued or running (two runs
-        appending to one thread at once would interleave their turns); returns that run's id, or None.
-
-        A claim holds for ``CLAIM_PENDING_S`` until ``submit`` writes the run's record (which makes it
-        last as long as the record): a run whose record is not written yet holds the thread, and one
-        whose submission failed holds it until ``release_thread`` (or that time) frees it."""
-        key = _thread_run_key(tenant, thread_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(key)
-                holder = _text(await pipe.get(key))
-                if holder and holder != run_id:
-                    status = _text(await pipe.hget(Keys.of(tenant, holder).run, "status"))
-                    if status in ("queued", "running", ""):  # "": its record is being written
-                        return holder
-                pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
-                pipe.set(key, run_id, ex=CLAIM_PENDING_S)
-                await pipe.execute()
-            except WatchError:
-                return _text(await self.redis.get(key)) or "?"  # a run claimed it just now
-        return None
-
-    async def release_thread(self, tenant: str, thread_id: str, run_id: str) -> None:
-        """Free the thread from ``run_id``'s claim (its submission failed), unless another run holds it."""
-        await self._release(keys=[_thread_run_key(tenant, thread_id)], args=[run_id])
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())

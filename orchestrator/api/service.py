@@ -129,25 +129,32 @@ async def submit(api: Api, tenant: str, request: RunRequest, idempotency_key: st
     model, tools = _model(api, request.model), _tools(api, request.tools)
     _check_schema(request.json_schema)
     talk = _conversation(request)
-    if request.thread_id and not await api.store.thread(tenant, request.thread_id):
-        raise not_found("thread", request.thread_id)
     run_id = f"run_{uuid.uuid4().hex}"
-    spec = _spec(
-        api, tenant, request, talk, run_id, model=model, tools=tools
-    )  # refuses a bad body before the key binds
+    spec = _spec(api, tenant, request, talk, run_id, model=model, tools=tools)  # before anything is written
     _readable(spec)
-    if idempotency_key is not None:
-        earlier = await _idempotent(api, tenant, request, idempotency_key, run_id)
-        if earlier is not None:
-            return earlier
-    try:
-        await _enqueue(api, spec, talk, model)
-    except BaseException:
-        # Nothing was created: the key must not stay bound to a run that does not exist.
-        if idempotency_key is not None:
-            await api.store.forget_request(tenant, idempotency_key, run_id)
-        raise
-    return await view(api, tenant, run_id)
+    if idempotency_key is not None and (not idempotency_key or len(idempotency_key) > 255):
+        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 characters")
+    # One round trip: the idempotency key, the thread's existence and claim, the record and the queue.
+    done = await api.store.submit(
+        spec,
+        first_checkpoint(spec, []),
+        talk.text,
+        earlier=talk.earlier,
+        extra={"model": model},  # the store stamps created_at, with the time that orders the tenant's runs
+        claim=True,
+        existing_thread=request.thread_id is not None,
+        idempotency=None if idempotency_key is None else (idempotency_key, fingerprint(request)),
+    )
+    if done.kind == "created":
+        return run_view(spec, done.record)
+    if done.kind == "no_thread":
+        raise not_found("thread", spec.thread_id)
+    if done.kind == "busy":
+        message = f"thread {spec.thread_id} has a run in progress ({done.run_id}); wait for it"
+        raise ApiError(409, "thread_busy", message)
+    if done.fingerprint != fingerprint(request):
+        raise ApiError(409, "idempotency_conflict", "this Idempotency-Key was used with a different body")
+    return await view(api, tenant, done.run_id)
 
 
 def _spec(
@@ -197,34 +204,6 @@ def _sampling(request: RunRequest) -> Sampling:
     default = Sampling()
     temperature = default.temperature if request.temperature is None else request.temperature
     return Sampling(temperature=temperature, top_p=default.top_p, seed=request.seed)
-
-
-async def _enqueue(api: Api, spec: RunSpec, talk: _Conversation, model: str) -> None:
-    busy = await api.store.claim_thread(spec.tenant, spec.thread_id, spec.run_id)
-    if busy is not None:
-        message = f"thread {spec.thread_id} has a run in progress ({busy}); wait for it"
-        raise ApiError(409, "thread_busy", message)
-    extra = {"model": model}  # the store stamps created_at, with the time that orders the tenant's runs
-    try:
-        await api.store.submit(
-            spec, first_checkpoint(spec, []), talk.text, earlier=talk.earlier, extra=extra, claimed=True
-        )
-    except BaseException:
-        await api.store.release_thread(spec.tenant, spec.thread_id, spec.run_id)  # nothing was written
-        raise
-
-
-async def _idempotent(api: Api, tenant: str, request: RunRequest, key: str, run_id: str) -> Run | None:
-    if not key or len(key) > 255:
-        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 characters")
-    held = await api.store.remember_request(tenant, key, fingerprint(request), run_id)
-    if held["run"] == run_id:
-        return None
-    if held["fingerprint"] != fingerprint(request):
-        raise ApiError(409, "idempotency_conflict", "this Idempotency-Key was used with a different body")
-    if await api.store.record(tenant, held["run"]) is None:
-        raise ApiError(409, "idempotency_in_progress", "a request with this Idempotency-Key is in progress")
-    return await view(api, tenant, held["run"])
 
 
 _STATUSES: dict[str, RunStatus] = {"queued": "queued", "running": "in_progress", "failed": "failed"}

@@ -1,41 +1,90 @@
-"""One run at a time per thread, also while the first run's record is still being written."""
+"""A submission is one script on Redis, all or nothing: the idempotency key, the thread's existence and
+claim (one run at a time per thread), the record and the queue entry. Commands are counted on the server."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
 from orchestrator.ports import Checkpoint, RunSpec
-from orchestrator.redis_store import CLAIM_PENDING_S, RedisStore, connect
+from orchestrator.redis_store import RedisStore, connect
+from tests.integration.conftest_api import A, api_client
+from tests.integration.redis_monitor import received
 
 pytestmark = pytest.mark.integration
 
 
-def test_a_run_whose_record_is_not_written_yet_holds_its_thread(redis_url: str) -> None:
+def test_one_run_at_a_time_per_thread_and_nothing_written_when_refused(redis_url: str) -> None:
     async def main() -> None:
         client = connect(redis_url)
         store = RedisStore(client)
-        key = "cad:t:acme:thread:t1:run"
+        claim = "cad:t:acme:thread:t1:run"
+
+        async def submit(run_id: str, **options: Any) -> Any:
+            spec = RunSpec(run_id, "acme", "t1", "")
+            return await store.submit(
+                spec, Checkpoint(deadline=time.time() + 60), "hi", claim=True, **options
+            )
+
         try:
-            # Run A claimed the thread; its record is not written yet (its submission is under way).
-            assert await store.claim_thread("acme", "t1", "run_a") is None
-            assert 0 < await client.ttl(key) <= CLAIM_PENDING_S
-            assert await store.claim_thread("acme", "t1", "run_b") == "run_a"
-            # A's submission failed: it gives the thread back, and B takes it.
-            await store.release_thread("acme", "t1", "run_a")
-            assert await store.claim_thread("acme", "t1", "run_b") is None
-            await store.release_thread("acme", "t1", "run_a")  # not A's any more: nothing happens
-            assert await store.claim_thread("acme", "t1", "run_c") == "run_b"
-            # B's record is written: its claim lasts as long as the record, and holds while B is queued.
-            spec = RunSpec("run_b", "acme", "t1", "")
-            await store.submit(spec, Checkpoint(deadline=time.time() + 60), "hi", claimed=True)
-            assert await client.ttl(key) > CLAIM_PENDING_S
-            assert await store.claim_thread("acme", "t1", "run_c") == "run_b"
-            assert await store.request_cancel("acme", "run_b") == "finished"
-            assert await store.claim_thread("acme", "t1", "run_c") is None
+            assert (await submit("run_a", existing_thread=True)).kind == "no_thread"
+            assert await client.exists(claim, "cad:t:acme:thread:t1", "cad:t:acme:run:run_a") == 0
+            created = await submit("run_a")
+            assert (created.kind, created.run_id, created.record["status"]) == ("created", "run_a", "queued")
+            assert await client.ttl(claim) > 3600  # the claim lasts as long as the record
+            busy = await submit("run_b", existing_thread=True)
+            assert (busy.kind, busy.run_id) == ("busy", "run_a")
+            assert not await client.exists("cad:t:acme:run:run_b")
+            assert await client.llen("cad:t:acme:thread:t1") == 1  # B's turn was not appended
+            assert await store.request_cancel("acme", "run_a") == "finished"
+            assert (await submit("run_b", existing_thread=True)).kind == "created"
+            assert await client.get(claim) == b"run_b"
         finally:
             await client.aclose()
 
     asyncio.run(main())
+
+
+def test_an_idempotency_key_binds_with_the_run_it_created(redis_url: str) -> None:
+    async def main() -> None:
+        client = connect(redis_url)
+        store = RedisStore(client)
+        try:
+            first = RunSpec("run_k1", "acme", "tk1", "")
+            done = await store.submit(
+                first, Checkpoint(deadline=time.time() + 60), "hi", idempotency=("k", "f1")
+            )
+            assert done.kind == "created"
+            again = RunSpec("run_k2", "acme", "tk2", "")
+            replay = await store.submit(
+                again, Checkpoint(deadline=time.time() + 60), "hi", idempotency=("k", "f2")
+            )
+            assert (replay.kind, replay.run_id, replay.fingerprint) == ("replay", "run_k1", "f1")
+            assert await client.exists("cad:t:acme:run:run_k2", "cad:t:acme:thread:tk2") == 0
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_submission_is_one_command_on_redis(redis_url: str) -> None:
+    with api_client(redis_url, worker=False) as http:
+        assert http.post("/v1/runs", json={"input": "warm up"}, headers=A).status_code == 202  # loads it
+        for body, headers in [
+            ({"input": "a new thread"}, A),
+            ({"input": "with a key"}, A | {"Idempotency-Key": "once"}),
+        ]:
+            with received(redis_url) as seen:
+                response = http.post("/v1/runs", json=body, headers=headers)
+            assert response.status_code == 202, response.text
+            assert seen.counts() == {"evalsha": 1}, (body, seen)
+            assert response.json()["status"] == "queued"
+        run, thread = response.json()["id"], response.json()["thread_id"]
+        assert http.post(f"/v1/runs/{run}/cancel", headers=A).status_code == 200  # frees the thread
+        with received(redis_url) as seen:
+            follow = http.post("/v1/runs", json={"input": "and on", "thread_id": thread}, headers=A)
+        assert follow.status_code == 202, follow.text
+        assert seen.counts() == {"evalsha": 1}, seen

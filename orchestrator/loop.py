@@ -46,6 +46,8 @@ from orchestrator.tracing import Tracing, record_run_end, record_stop, record_us
 from toolbox.hermes import (
     ParsedTurn,
     StreamParser,
+    ToolCallFailed,
+    ToolCallReady,
     assistant_turn,
     check_json_answer,
     neutralize,
@@ -204,7 +206,7 @@ class Agent:
                     await self._commit(spec, ckpt, commit)
                 if isinstance(step, Continue):
                     continue
-                return await self._finish(spec, ckpt, step, span)
+                return await self._finish(spec, ckpt, step, span, recorded=commit is not None)
 
     def _limit(self, spec: RunSpec, ckpt: Checkpoint) -> Stop | None:
         if ckpt.step >= spec.limits.max_steps:
@@ -324,8 +326,10 @@ class Agent:
         async with aclosing(self._engine.stream(request)) as chunks:
             async for chunk in chunks:
                 events = list(parser.feed(chunk.text))
-                # Watchers see a call's text in full before the call itself is told.
-                await deltas.add(chunk.text, flush=bool(events))
+                # Watchers see a call's text in full before the call itself is told (the parser's
+                # content events are not calls: flushing on each would write every token).
+                told = any(isinstance(event, ToolCallReady | ToolCallFailed) for event in events)
+                await deltas.add(chunk.text, flush=told)
                 for event in events:
                     dispatch.on(event)
                 if chunk.finish_reason is not None:
@@ -399,10 +403,14 @@ class Agent:
             completion_tokens=ckpt.completion_tokens + (last.completion_tokens if last is not None else 0),
         )
 
-    async def _finish(self, spec: RunSpec, ckpt: Checkpoint, end: Answer | Stop, span: Span) -> Outcome:
+    async def _finish(
+        self, spec: RunSpec, ckpt: Checkpoint, end: Answer | Stop, span: Span, *, recorded: bool
+    ) -> Outcome:
+        """The run's end; ``recorded``: its last step's commit wrote it already (no write left to make)."""
         outcome = self._outcome(spec, ckpt, end)
         reason = outcome.stop_reason
-        await self._store.finish(spec, outcome)
+        if not recorded:
+            await self._store.finish(spec, outcome)
         record_stop(span, reason)
         record_run_end(reason, ckpt.step)
         return outcome

@@ -33,6 +33,8 @@ class MemoryStore:
         self.turns.setdefault(spec.thread_id, []).extend(step.turns)
         self.steps.setdefault(spec.run_id, []).append(step.record)
         await self.emit(spec, "step", step.record)
+        if step.outcome is not None:  # the run's last step carries its end (as the Redis store writes it)
+            await self.finish(spec, step.outcome)
 
     async def begin_call(
         self, spec: RunSpec, slot: CallSlot, call: ToolCall

@@ -187,9 +187,9 @@ class StepCommit:
     """One acknowledged step, written atomically: the turns it appends, the token counts and call
     signature counts it adds (deltas), the window start and JSON retries it sets, and a small record.
 
-    ``outcome`` is set on a run's last step (its answer, or a stop): a store that can writes the run's end
-    with it, atomically, so that a run whose last step is acknowledged is never resumed to sample again
-    (the loop still calls ``finish``, which is then a no-op)."""
+    ``outcome`` is set on a run's last step (its answer, or a stop): the store writes the run's end with
+    it, atomically, so that a run whose last step is acknowledged is never resumed to sample again (the
+    loop calls ``finish`` only for a run that ends without a step to commit)."""
 
     step: int
     turns: tuple[str, ...]

@@ -47,6 +47,19 @@ redis.call('EXPIRE', KEYS[2], ARGV[5])
 return 1
 """
 
+# KEYS: lease, run, repeats. ARGV: worker ("" to read without taking the lease), lease ms, the prefix of
+# the tenant's thread keys. Takes the run's lease (unless another worker holds it: {0}) and reads what
+# running it needs, in one round trip: {1, the record's fields, the thread's turns from the run's window,
+# the repeats, whether the record names its thread}.
+START = """
+if ARGV[1] ~= '' and not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0} end
+local thread = redis.call('HGET', KEYS[2], 'thread')
+local window = redis.call('HGET', KEYS[2], 'window_start')
+local turns = {}
+if thread and window then turns = redis.call('LRANGE', ARGV[3] .. thread, tonumber(window), -1) end
+return {1, redis.call('HGETALL', KEYS[2]), turns, redis.call('HGETALL', KEYS[3]), thread and 1 or 0}
+"""
+
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0

@@ -314,6 +314,7 @@ class RedisStore:
         self._heartbeat = redis.register_script(lua.HEARTBEAT)
         self._cancel = redis.register_script(lua.CANCEL)
         self._submit = redis.register_script(lua.SUBMIT)
+        self._start_script = redis.register_script(lua.START)
         self._list = redis.register_script(lua.LIST_RUNS)
 
     # -- the RunStore port -----------------------------------------------------------------------
@@ -434,6 +435,7 @@ class RedisStore:
         record: dict[str, str | bytes] = dict((extra or {}).items())
         record |= {
             "spec": encode_spec(spec),  # refuses a spec that would not read back, before any write
+            "thread": spec.thread_id,  # so that a worker reads the run and its thread in one script
             "created_at": repr(now),
             "status": "queued",
             "step": "0",
@@ -481,25 +483,40 @@ class RedisStore:
         return Submitted("no_thread", spec.run_id)
 
     async def load(self, tenant: str, run_id: str) -> tuple[RunSpec, Checkpoint, str]:
-        """The run's spec, its last checkpoint, and its status."""
+        """The run's spec, its last checkpoint, and its status (one round trip)."""
+        loaded = await self._start(tenant, run_id, "", 0)
+        assert loaded is not None  # without a worker id, no lease is asked for
+        return loaded
+
+    async def _start(
+        self, tenant: str, run_id: str, worker: str, lease_ms: int
+    ) -> tuple[RunSpec, Checkpoint, str] | None:
+        """Takes the run's lease for ``worker`` (``""``: none) and loads the run, in one script; ``None``
+        when another worker holds the lease."""
         keys = Keys.of(tenant, run_id)
-        record = {_text(k): v for k, v in (await self.redis.hgetall(keys.run)).items()}
+        prefix = Keys.of(tenant, run_id, "x").thread.removesuffix("x")
+        reply = await self._batch.run(
+            self._start_script, [keys.lease, keys.run, keys.repeats], [worker, lease_ms, prefix]
+        )
+        if not reply[0]:
+            return None
+        flat, turns, repeats, named = reply[1], reply[2], reply[3], reply[4]
+        record = {_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
         if "spec" not in record:
             raise RunNotFoundError(f"no run {run_id!r} for tenant {tenant!r}")
         spec = _decode_spec(record["spec"], run_id, _text(record.get("status")))
         window = int(record["window_start"])
-        thread = Keys.of(tenant, run_id, spec.thread_id).thread
-        turns = [_text(turn) for turn in await self.redis.lrange(thread, window, -1)]
-        repeats = {_text(k): int(v) for k, v in (await self.redis.hgetall(keys.repeats)).items()}
+        if not named:  # a record written before records named their thread: read it now
+            turns = await self.redis.lrange(Keys.of(tenant, run_id, spec.thread_id).thread, window, -1)
         ckpt = Checkpoint(
             deadline=float(record["deadline"]),
             step=int(record["step"]),
-            turns=turns,
+            turns=[_text(turn) for turn in turns],
             window_start=window,
             prompt_tokens=int(record["prompt_tokens"]),
             completion_tokens=int(record["completion_tokens"]),
             json_retries=int(record["json_retries"]),
-            repeats=repeats,
+            repeats={_text(repeats[i]): int(repeats[i + 1]) for i in range(0, len(repeats), 2)},
             trace=json.loads(record["trace"]),
         )
         return spec, ckpt, _text(record["status"])
@@ -713,6 +730,11 @@ class RunQueue:
     async def acquire(self, claim: Claim) -> bool:
         key = Keys.of(claim.tenant, claim.run_id).lease
         return bool(await self._redis.set(key, self._store.worker, nx=True, px=self.lease_ms))
+
+    async def start(self, claim: Claim) -> tuple[RunSpec, Checkpoint, str] | None:
+        """Takes the run's lease and loads it (``RedisStore.load``), in one round trip; ``None`` when a
+        live worker holds the run. Raises as ``load`` does once the lease is taken."""
+        return await self._store._start(claim.tenant, claim.run_id, self._store.worker, self.lease_ms)
 
     async def heartbeat(self, claims: list[Claim]) -> tuple[list[bool], list[bool]]:
         """Renew each lease still held (and reset its entry's idle time); returns (still held, cancel

@@ -176,10 +176,11 @@ class Worker:
             await self._queue.done(claim)
 
     async def _start(self, claim: Claim, *, taken_over: bool) -> None:
-        if not await self._queue.acquire(claim):
-            return  # a live worker holds this run
         try:
-            spec, ckpt, status = await self._store.load(claim.tenant, claim.run_id)
+            loaded = await self._queue.start(claim)  # the lease and the run, in one round trip
+            if loaded is None:
+                return  # a live worker holds this run
+            spec, ckpt, status = loaded
         except RunNotFoundError:
             status = "missing"  # expired, or lost with a Redis that restarted empty
         except UnreadableRunError as exc:  # it can never run: it fails alone, and the worker goes on

@@ -15,6 +15,7 @@ import redis
 @dataclass
 class Received:
     sent: list[str] = field(default_factory=list)  # each command a client sent: its name, lower case
+    lines: list[str] = field(default_factory=list)  # each command a client sent, in full
     scripted: list[str] = field(default_factory=list)  # each command a script ran
 
     def counts(self) -> dict[str, int]:
@@ -36,8 +37,11 @@ def received(url: str) -> Iterator[Received]:
                 words = line["command"].split(" ")
                 if words[0].lower() == "echo" and marker in line["command"]:
                     break
-                target = seen.scripted if line["client_type"] == "lua" else seen.sent
-                target.append(words[0].lower())
+                if line["client_type"] == "lua":
+                    seen.scripted.append(words[0].lower())
+                else:
+                    seen.sent.append(words[0].lower())
+                    seen.lines.append(line["command"])
         client.close()
 
     stopper = redis.Redis.from_url(url)

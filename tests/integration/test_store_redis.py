@@ -409,10 +409,15 @@ def test_a_stale_worker_cannot_mark_a_live_run_failed_or_drop_its_queue_entry(re
 
 
 class DiesBeforeFinish(RedisStore):
-    """Its worker dies once the run's last step is committed, before the run is marked finished."""
+    """Its worker dies the moment the run's last step is committed, before anything else happens."""
+
+    async def commit(self, spec: RunSpec, step: StepCommit) -> None:
+        await super().commit(spec, step)
+        if step.outcome is not None:
+            raise Crash
 
     async def finish(self, spec: RunSpec, outcome: Outcome) -> None:
-        raise Crash
+        raise AssertionError("a run whose last step carried its end needs no finish")
 
 
 def test_a_run_whose_last_step_is_committed_is_finished_and_never_sampled_again(redis_url: str) -> None:

@@ -25,6 +25,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +35,7 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 from redis.asyncio import Redis
 
+from deploy.autoscale import QUEUE_DEPTH, RUNS_IN_PROGRESS
 from deploy.config import ConfigError, ModelConfig, ServiceConfig, load_config
 from deploy.demo_tools import demo_registry
 from deploy.model_files import model_directory
@@ -129,11 +131,16 @@ class _Orchestrator:
         self._store = RedisStore(_redis(config), worker=f"orchestrator-{context.replica_tag}")
         engine = ModelRouter({name: ServeLLMEngine(handle, name) for name, handle in llms.items()})
         agent = Agent(engine, RemoteTools(tools), self._store)
+        self._queue = RunQueue(self._store)
         self.worker = Worker(
-            self._store, RunQueue(self._store), agent, concurrency=config.orchestrator.max_concurrent_runs
+            self._store, self._queue, agent, concurrency=config.orchestrator.max_concurrent_runs
         )
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(self.worker.serve(self._stop))
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """What ``deploy.autoscale.QueueDepthPolicy`` scales the orchestrators on."""
+        return {QUEUE_DEPTH: float(await self._queue.depth()), RUNS_IN_PROGRESS: float(self.worker.running)}
 
     async def check_health(self) -> None:
         if self._task.done():
@@ -250,15 +257,37 @@ def build_app(args: Mapping[str, Any] | None = None) -> Application:
             autoscaling_config=_scaling(config.tool_workers.replicas.min, config.tool_workers.replicas.max),
         )
     ).bind(config.tool_workers.tools)
-    # A queue consumer has no request load for Serve's autoscaler to measure: it runs replicas.min.
-    orchestrator = Orchestrator.options(
-        **_pinned(config.orchestrator.ray_resource, max(1, config.orchestrator.replicas.min))
-    ).bind(config.model_dump(mode="json"), llms, tools)
+    # A queue consumer serves no requests for Serve to count: it scales on the queue's depth instead.
+    with warnings.catch_warnings():
+        # Ray 2.60 calls metrics_interval_s deprecated in favour of environment variables it does not
+        # read yet: the field is still what sets how often replicas report their metrics.
+        warnings.filterwarnings("ignore", "The `metrics_interval_s` field", DeprecationWarning)
+        orchestrator = Orchestrator.options(
+            **_pinned(config.orchestrator.ray_resource, autoscaling_config=_queue_scaling(config))
+        ).bind(config.model_dump(mode="json"), llms, tools)
     # The API is async and holds event streams open for as long as clients watch: Serve's default of five
     # requests at a time per replica would let five watchers block everyone else.
     return Api.options(**_pinned(config.api.ray_resource, 1, max_ongoing_requests=1000)).bind(
         config.model_dump(mode="json"), orchestrator, tools
     )
+
+
+def _queue_scaling(config: ServiceConfig) -> dict[str, Any]:
+    """The orchestrators' autoscaling: ``deploy.autoscale.QueueDepthPolicy`` on the metrics each replica
+    reports (``_Orchestrator.record_autoscaling_stats``)."""
+    orchestrator = config.orchestrator
+    return {
+        "min_replicas": max(1, orchestrator.replicas.min),
+        "max_replicas": orchestrator.replicas.max,
+        "metrics_interval_s": orchestrator.metrics_interval_s,
+        "look_back_period_s": 2 * orchestrator.metrics_interval_s,
+        "upscale_delay_s": orchestrator.upscale_delay_s,
+        "downscale_delay_s": orchestrator.downscale_delay_s,
+        "policy": {
+            "policy_function": "deploy.autoscale:QueueDepthPolicy",
+            "policy_kwargs": {"runs_per_replica": orchestrator.runs_per_replica},
+        },
+    }
 
 
 def _scaling(low: int, high: int) -> dict[str, Any]:

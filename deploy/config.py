@@ -117,9 +117,27 @@ class ModelConfig(_Strict):
 
 
 class OrchestratorConfig(_Strict):
+    """``replicas``: the bounds Serve scales the orchestrators between, on the Redis queue's depth
+    (``deploy.autoscale``): about ``runs_per_replica`` runs, queued or in progress, per replica, scaling up
+    once that holds for ``upscale_delay_s`` and down after ``downscale_delay_s``. ``max_concurrent_runs``:
+    the most runs one replica drives at once (more wait in the queue)."""
+
     replicas: Replicas = Replicas()
     max_concurrent_runs: int = Field(64, ge=1)
+    runs_per_replica: int = Field(32, ge=1)
+    upscale_delay_s: float = Field(10.0, ge=0, le=3600)
+    downscale_delay_s: float = Field(300.0, ge=0, le=86400)
+    metrics_interval_s: float = Field(2.0, gt=0, le=60)
     ray_resource: str = Field("caduceus-orchestrator", min_length=1)
+
+    @model_validator(mode="after")
+    def _fits(self) -> OrchestratorConfig:
+        if self.runs_per_replica > self.max_concurrent_runs:
+            raise ValueError(
+                f"runs_per_replica ({self.runs_per_replica}) is more than a replica drives at once "
+                f"(max_concurrent_runs, {self.max_concurrent_runs})"
+            )
+        return self
 
 
 class ToolWorkersConfig(_Strict):

@@ -24,6 +24,7 @@ def args_schema(presets: list[str]) -> Obj:
     text = {"type": "string", "minLength": 1}
     text_or_null = {"type": ["string", "null"], "minLength": 1}
     count = {"type": "integer", "minimum": 1}
+    seconds = {"type": "number", "minimum": 0}
     model = closed(
         {
             "preset": {"enum": presets},
@@ -37,7 +38,14 @@ def args_schema(presets: list[str]) -> Obj:
             "api": closed({"ray_resource": text}),
             "models": {"type": "array", "minItems": 1, "items": model},
             "orchestrator": closed(
-                {"replicas": replicas, "max_concurrent_runs": count, "ray_resource": text}
+                {
+                    "replicas": replicas,
+                    "max_concurrent_runs": count,
+                    "runs_per_replica": count,
+                    "upscale_delay_s": seconds,
+                    "downscale_delay_s": seconds,
+                    "ray_resource": text,
+                }
             ),
             "tool_workers": closed(
                 {"replicas": replicas, "max_concurrent_calls": count, "ray_resource": text}

@@ -38,7 +38,9 @@ def _placement(name: str) -> tuple[str, int, int]:
 
 def _complete(handle: Any, name: str) -> str:
     # No tools offered: the scripted model answers in text.
-    request = CompletionRequest(model=name, prompt="<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    # max_tokens: vLLM's default (16) can cut the reply, whose replica tag is more or fewer pieces.
+    prompt = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    request = CompletionRequest(model=name, prompt=prompt, max_tokens=64)
     # LLMServer.completions is a generator (streamed or not): a non-streamed request yields one response.
     (response,) = list(handle.options(stream=True).completions.remote(request))
     return str(response.choices[0].text)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,8 +36,24 @@ ARGS: dict[str, Any] = {
             "replicas": {"min": 2, "max": 2},
             "ray_resource": SMALL_GPU_RESOURCE,
         },
-        {"preset": "hermes-2-theta-70b", "engine": "scripted", "ray_resource": GPU_RESOURCE},
+        # Slow, as a 70B is: its runs stay in the queue long enough for the orchestrators to scale.
+        {
+            "preset": "hermes-2-theta-70b",
+            "engine": "scripted",
+            "ray_resource": GPU_RESOURCE,
+            "scripted_latency": {"first_token_s": 0.5, "per_token_s": 0.5},
+        },
     ],
+    # Two runs per replica at most, and a policy that reacts within seconds (the defaults: tens of runs,
+    # seconds to scale up, minutes to scale down).
+    "orchestrator": {
+        "replicas": {"min": 1, "max": 2},
+        "max_concurrent_runs": 2,
+        "runs_per_replica": 2,
+        "upscale_delay_s": 0,
+        "downscale_delay_s": 3,
+        "metrics_interval_s": 0.5,
+    },
     "redis": {"url_env": REDIS_ENV},
     "api_keys_env": KEYS_ENV,
 }
@@ -119,3 +136,30 @@ def test_every_step_of_a_conversation_lands_on_one_llm_replica(service: httpx.Cl
         threads[first["thread_id"]] = {tag for text in said for tag in _REPLICA.findall(text)}
     assert all(len(tags) == 1 for tags in threads.values()), threads
     assert len(set.union(*threads.values())) == 2, "both replicas should serve some conversations"
+
+
+def _orchestrators() -> int:
+    with warnings.catch_warnings():  # reading the config back warns of metrics_interval_s (deploy.app)
+        warnings.filterwarnings("ignore", "The `metrics_interval_s` field", DeprecationWarning)
+        deployment = serve.status().applications["caduceus"].deployments["Orchestrator"]
+    return int(deployment.replica_states.get("RUNNING", 0))
+
+
+def _until_orchestrators(count: int, within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while _orchestrators() != count:
+        assert time.monotonic() < deadline, f"{_orchestrators()} orchestrator replicas, not {count}"
+        time.sleep(0.5)
+
+
+def test_orchestrators_scale_up_on_a_burst_in_the_queue_and_back_down_when_it_is_idle(
+    service: httpx.Client,
+) -> None:
+    """Sixteen slow runs (seconds each) against two runs per replica: the queue's depth asks for more
+    replicas than the maximum (two); once every run is done and the queue is empty, the minimum (one)."""
+    assert _orchestrators() == 1
+    burst = [_submit(service, f"burst {n}", model="hermes-2-theta-70b") for n in range(16)]
+    _until_orchestrators(2, within_s=300)
+    for created in burst:
+        assert _finished(service, created["id"])["status"] == "completed"
+    _until_orchestrators(1, within_s=120)

@@ -211,6 +211,9 @@ models:
 orchestrator:
   replicas: {min: {{ int .Values.orchestrator.replicas.min }}, max: {{ int .Values.orchestrator.replicas.max }}}
   max_concurrent_runs: {{ int .Values.orchestrator.maxConcurrentRuns }}
+  runs_per_replica: {{ int .Values.orchestrator.runsPerReplica }}
+  upscale_delay_s: {{ .Values.orchestrator.upscaleDelaySeconds }}
+  downscale_delay_s: {{ .Values.orchestrator.downscaleDelaySeconds }}
   ray_resource: {{ include "caduceus.controlResource" . }}
 tool_workers:
   replicas: {min: {{ int .Values.toolWorkers.replicas.min }}, max: {{ int .Values.toolWorkers.replicas.max }}}

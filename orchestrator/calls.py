@@ -48,6 +48,31 @@ def digest(call: ToolCall) -> str:
 
 
 @dataclass
+class Telling:
+    """How one call is told to watchers, in stream order: the model's text since the last ``delta`` event
+    (``delta``) is written with the call's ``tool_call`` event, in one write, once the write before it
+    (``previous``: the call before, or a flush of text) is in; ``done`` lets the next one go.
+    A refused call is told by its text alone (it has no ``tool_call`` event)."""
+
+    delta: str
+    previous: asyncio.Future[None] | None
+    mine: asyncio.Future[None]
+
+    async def turn(self) -> None:
+        """Wait for the write before this one (shielded: a cancelled call must not cancel that one's)."""
+        if self.previous is not None:
+            await asyncio.shield(self.previous)
+
+    def done(self) -> None:
+        if not self.mine.done():
+            self.mine.set_result(None)
+
+
+def chain(delta: str, previous: asyncio.Future[None] | None) -> Telling:
+    return Telling(delta, previous, asyncio.get_running_loop().create_future())
+
+
+@dataclass
 class Runner:
     """What running one call needs; shared by the step's dispatcher."""
 
@@ -56,9 +81,13 @@ class Runner:
     store: RunStore
     tracing: Tracing
 
-    async def run(self, slot: CallSlot, call: ToolCall) -> ToolResult:
+    async def run(self, slot: CallSlot, call: ToolCall, telling: Telling) -> ToolResult:
         with self.tracing.tool(call.name, call.id, self.spec.thread_id) as span:
-            prior = await self.store.begin_call(self.spec, slot, call)
+            await telling.turn()
+            try:
+                prior = await self.store.begin_call(self.spec, slot, call, telling.delta)
+            finally:
+                telling.done()
             if isinstance(prior, ToolResult):
                 span.set_attribute("caduceus.tool.replayed", True)
                 return prior
@@ -84,10 +113,6 @@ class Runner:
             raise
 
 
-async def _ready(result: ToolResult) -> ToolResult:
-    return result
-
-
 @dataclass
 class Dispatch:
     """One step's calls, in stream order. ``limit`` is set when a call hit a run-ending limit."""
@@ -99,39 +124,52 @@ class Dispatch:
     ran: dict[str, int] = field(default_factory=dict)  # identical calls run so far, by digest
     limit: StopReason | None = None
 
-    def on(self, event: StreamEvent) -> None:
+    def on(self, event: StreamEvent, telling: Telling) -> None:
+        """Start the call ``event`` tells of (a ``ToolCallReady`` or ``ToolCallFailed``; others are ignored,
+        and their ``telling`` is done at once)."""
         if isinstance(event, ToolCallReady):
-            self._start(event.call)
+            self._start(event.call, telling)
         elif isinstance(event, ToolCallFailed):
             error = ToolError("malformed_call", f"tool call block {event.error.index}: {event.error.message}")
             record_tool_refused("tool_call", error.type)
-            self._add(
-                _ready(
-                    ToolResult(
-                        f"call_{self.checkpoint.step}_bad{event.error.index}", "tool_call", error=error
-                    )
-                )
-            )
+            call_id = f"call_{self.checkpoint.step}_bad{event.error.index}"
+            self._add(self._told(telling, ToolResult(call_id, "tool_call", error=error)))
+        else:
+            telling.done()
 
-    def _start(self, call: ToolCall) -> None:
+    def _start(self, call: ToolCall, telling: Telling) -> None:
         refusal = self._refusal(call, len(self.tasks))
         if refusal is not None:
             record_tool_refused(call.name, refusal.type)
-            self._add(_ready(ToolResult(call.id, call.name, error=refusal)))
+            self._add(self._told(telling, ToolResult(call.id, call.name, error=refusal)))
         else:
             key = digest(call)
             slot = CallSlot(self.checkpoint.step, len(self.tasks), key, self.ran.get(key, 0))
             self.ran[key] = slot.occurrence + 1
-            self._add(self._checked(slot, call))
+            self._add(self._checked(slot, call, telling))
 
-    async def _checked(self, slot: CallSlot, call: ToolCall) -> ToolResult:
-        # Validated on a thread: a schema's patterns may take up to their time budget to match, and the
-        # event loop (heartbeats, every other run) must not wait for them.
-        error = await asyncio.to_thread(validate, call, self.runner.spec.tools)
-        if error is not None:
-            record_tool_refused(call.name, error.type)
-            return ToolResult(call.id, call.name, error=error)
-        return await self.runner.run(slot, call)
+    async def _checked(self, slot: CallSlot, call: ToolCall, telling: Telling) -> ToolResult:
+        try:
+            # Validated on a thread: a schema's patterns may take up to their time budget to match, and
+            # the event loop (heartbeats, every other run) must not wait for them.
+            error = await asyncio.to_thread(validate, call, self.runner.spec.tools)
+            if error is not None:
+                record_tool_refused(call.name, error.type)
+                return await self._told(telling, ToolResult(call.id, call.name, error=error))
+            return await self.runner.run(slot, call, telling)
+        finally:
+            telling.done()
+
+    async def _told(self, telling: Telling, result: ToolResult) -> ToolResult:
+        """A call refused before it ran: only its text is told, in its turn."""
+        try:
+            await telling.turn()
+            if telling.delta:
+                data = {"step": self.checkpoint.step, "text": telling.delta}
+                await self.runner.store.emit(self.runner.spec, "delta", data)
+        finally:
+            telling.done()
+        return result
 
     def _add(self, coroutine: Coroutine[object, object, ToolResult]) -> None:
         self.tasks.append(asyncio.ensure_future(coroutine))

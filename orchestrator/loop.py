@@ -28,7 +28,7 @@ from typing import Any, TypeAlias
 from opentelemetry.trace import Span
 
 from orchestrator import context
-from orchestrator.calls import Dispatch, Runner
+from orchestrator.calls import Dispatch, Runner, Telling, chain
 from orchestrator.errors import ContextOverflowError, LeaseLostError
 from orchestrator.ports import (
     ChatEngine,
@@ -56,6 +56,8 @@ from toolbox.hermes import (
 )
 from toolbox.hermes.constraint import json_answer, text_only, tool_calls
 from toolbox.protocol import AssistantMessage, ToolResult
+
+_CALLS = (ToolCallReady, ToolCallFailed)  # the parser's events that tell a call (a flush first)
 
 
 @dataclass(frozen=True)
@@ -135,8 +137,10 @@ class Halt:
 
 class Deltas:
     """The model's text as ``delta`` events, for clients watching the run live: pieces are batched and sent
-    at most every ``interval_s`` (and when the turn ends, and before a call is told), so a fast stream
-    costs a few writes a second.
+    at most every ``interval_s``, when the turn ends, and with each call (the text up to a call rides in
+    the write that tells the call: ``Telling``), so a fast stream costs a few writes a second and a tool
+    step no write of its own. Every write that carries text waits for the one before it: watchers read
+    the text in order, and a call's text before the call.
     A resumed step streams again from its start: deltas are a live view, the committed turns the record."""
 
     def __init__(
@@ -149,16 +153,29 @@ class Deltas:
     ) -> None:
         self._store, self._spec, self._step, self._clock = store, spec, step, clock
         self._interval, self._pending, self._sent_at = interval_s, "", clock()
+        self._last: asyncio.Future[None] | None = None  # the last write that carries text, in order
 
-    async def add(self, text: str, *, flush: bool = False) -> None:
+    def add(self, text: str) -> bool:
+        """Keep ``text`` for the next flush; returns whether a flush is due (``interval_s`` has passed)."""
         self._pending += text
-        if flush or self._clock() - self._sent_at >= self._interval:
-            await self.flush()
+        return self._clock() - self._sent_at >= self._interval
+
+    def tell(self) -> Telling:
+        """The text so far, to go with the next call told, in its turn after the writes before it."""
+        text, self._pending, self._sent_at = self._pending, "", self._clock()
+        telling = chain(text, self._last)
+        self._last = telling.mine
+        return telling
 
     async def flush(self) -> None:
-        if self._pending:
-            text, self._pending, self._sent_at = self._pending, "", self._clock()
-            await self._store.emit(self._spec, "delta", {"step": self._step, "text": text})
+        if not self._pending:
+            return
+        telling = self.tell()
+        try:
+            await telling.turn()
+            await self._store.emit(self._spec, "delta", {"step": self._step, "text": telling.delta})
+        finally:
+            telling.done()
 
 
 class Agent:
@@ -298,7 +315,8 @@ class Agent:
                 streamed = time.monotonic()
                 parsed = parser.finish()
                 for event in parser.drain():
-                    dispatch.on(event)
+                    if type(event) in _CALLS:
+                        dispatch.on(event, deltas.tell())
                 usage = (
                     last.prompt_tokens or self._counter.count(prompt),
                     last.completion_tokens or self._counter.count(parsed.text),
@@ -325,13 +343,12 @@ class Agent:
         last = Chunk()
         async with aclosing(self._engine.stream(request)) as chunks:
             async for chunk in chunks:
-                events = list(parser.feed(chunk.text))
-                # Watchers see a call's text in full before the call itself is told (the parser's
-                # content events are not calls: flushing on each would write every token).
-                told = any(isinstance(event, ToolCallReady | ToolCallFailed) for event in events)
-                await deltas.add(chunk.text, flush=told)
+                events = parser.feed(chunk.text)
+                if deltas.add(chunk.text):
+                    await deltas.flush()
                 for event in events:
-                    dispatch.on(event)
+                    if type(event) in _CALLS:  # the text so far goes with the call (content events: none)
+                        dispatch.on(event, deltas.tell())
                 if chunk.finish_reason is not None:
                     last = chunk
                 if parser.done:

@@ -37,8 +37,10 @@ class MemoryStore:
             await self.finish(spec, step.outcome)
 
     async def begin_call(
-        self, spec: RunSpec, slot: CallSlot, call: ToolCall
+        self, spec: RunSpec, slot: CallSlot, call: ToolCall, delta: str = ""
     ) -> ToolResult | Interrupted | None:
+        if delta:
+            await self.emit(spec, "delta", {"step": slot.step, "text": delta})
         before = self.positions.get((spec.run_id, slot.position))
         self.positions[(spec.run_id, slot.position)] = slot.entry
         found = self.ledger.get((spec.run_id, slot.entry))
@@ -47,6 +49,8 @@ class MemoryStore:
         if found is not None:
             return Interrupted(call)
         self.ledger[(spec.run_id, slot.entry)] = call
+        data = {"step": slot.step, "index": slot.index, "call_id": call.id, "name": call.name}
+        await self.emit(spec, "tool_call", data | {"arguments": call.arguments})
         if before is not None and before != slot.entry:
             old = self.ledger[(spec.run_id, before)]
             state = "done" if isinstance(old, ToolResult) else "started"

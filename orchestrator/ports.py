@@ -238,13 +238,15 @@ class Interrupted:
 class RunStore(Protocol):
     """Durable run memory. ``begin_call`` returns the ledgered result of the identical call (``CallSlot``)
     that completed before a crash, ``Interrupted`` for one that started and never finished, or ``None``:
-    the caller now owns the call and reports its result with ``end_call``. A store shared by workers
-    fences every write by the run's lease (``LeaseLostError`` when this worker no longer holds it)."""
+    the caller now owns the call and reports its result with ``end_call``; ``delta`` (the model's text
+    since the last ``delta`` event) is written first, as an event of its own, in the same write. A store
+    shared by workers fences every write by the run's lease (``LeaseLostError`` when this worker no longer
+    holds it)."""
 
     async def commit(self, spec: RunSpec, step: StepCommit) -> None: ...
 
     async def begin_call(
-        self, spec: RunSpec, slot: CallSlot, call: ToolCall
+        self, spec: RunSpec, slot: CallSlot, call: ToolCall, delta: str = ""
     ) -> ToolResult | Interrupted | None: ...
 
     async def end_call(self, spec: RunSpec, slot: CallSlot, result: ToolResult) -> None: ...

@@ -66,7 +66,7 @@ return 0
 """
 
 # KEYS: ledger, events, lease. ARGV: worker, entry, position, started marker, ttl, tool_call event data,
-# maxlen.
+# maxlen, the data of a delta event to add first ("" for none: the model's text up to this call).
 # The ledger entry is keyed by what was called (step, digest of the call, occurrence); the position field
 # ("{step}@{index}") says which entry the step's call at that index last was. Returns {'lost'}, {'had',
 # entry value} (the call started before, or finished: a replay), or {'new'} (the caller runs the call). A new
@@ -74,6 +74,10 @@ return 0
 # is reported with a call_superseded event naming the superseded call and its state.
 BEGIN_CALL = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[1] then return {'lost'} end
+if ARGV[8] ~= '' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'kind', 'delta', 'data', ARGV[8])
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+end
 local before = redis.call('HGET', KEYS[1], ARGV[3])
 redis.call('HSET', KEYS[1], ARGV[3], ARGV[2])
 local had = redis.call('HGET', KEYS[1], ARGV[2])

@@ -344,7 +344,7 @@ class RedisStore:
             raise StoreError(f"run {spec.run_id}: step {step.step} is not the next step to commit")
 
     async def begin_call(
-        self, spec: RunSpec, slot: CallSlot, call: ToolCall
+        self, spec: RunSpec, slot: CallSlot, call: ToolCall, delta: str = ""
     ) -> ToolResult | Interrupted | None:
         keys = Keys.of(spec.tenant, spec.run_id)
         data = {"step": slot.step, "index": slot.index, "call_id": call.id, "name": call.name}
@@ -357,6 +357,7 @@ class RedisStore:
             self._ttl,
             _compact(data | {"arguments": call.arguments}),
             EVENTS_MAXLEN,
+            _compact({"step": slot.step, "text": delta}) if delta else "",
         ]
         reply = await self._batch.run(self._begin, [keys.ledger, keys.events, keys.lease], args)
         if reply[0] == b"lost":

@@ -362,7 +362,7 @@ class LosingStore(MemoryStore):
         self._lost = lost
 
     async def begin_call(
-        self, spec: RunSpec, slot: CallSlot, call: ToolCall
+        self, spec: RunSpec, slot: CallSlot, call: ToolCall, delta: str = ""
     ) -> ToolResult | Interrupted | None:
         self._lost.set()
         raise LeaseLostError(f"run {spec.run_id}: lease lost before call {slot.entry} began")
@@ -384,3 +384,44 @@ def test_a_lease_lost_mid_step_leaves_no_task_exception_unretrieved() -> None:
         return unhandled
 
     assert asyncio.run(main()) == []
+
+
+class SlowFirstCallStore(MemoryStore):
+    """The step's first call takes a while to be written, so that later calls are ready before it."""
+
+    async def begin_call(
+        self, spec: RunSpec, slot: CallSlot, call: ToolCall, delta: str = ""
+    ) -> ToolResult | Interrupted | None:
+        if slot.index == 0:
+            await asyncio.sleep(0.05)
+        return await super().begin_call(spec, slot, call, delta)
+
+
+def test_watchers_read_the_text_in_order_and_each_call_after_its_text() -> None:
+    # A valid call, a call with invalid arguments (refused: told by its text alone), a malformed block,
+    # another valid call, then prose: each call's text rides with it, in the order the model wrote it.
+    output = (
+        f"First.\n{call('add', a=1, b=2)}\nThen.\n{call('add', a='x', b=2)}\n"
+        "<tool_call>\nnot json\n</tool_call>\n"
+        f"{call('add', a=3, b=4)}"
+    )
+    agent, _, _, _, spec, ckpt = setup([output, "Done."])
+    store = SlowFirstCallStore()
+    agent = Agent(agent._engine, agent._executor, store)
+    assert run(agent, spec, ckpt).stop_reason == "answer"
+    events = store.events[spec.run_id]
+    step0 = [
+        (kind, data) for kind, data in events if data.get("step") == 0 and kind in ("delta", "tool_call")
+    ]
+    assert "".join(data["text"] for kind, data in step0 if kind == "delta") == output
+    told = ""
+    for kind, data in step0:
+        if kind == "delta":
+            told += data["text"]
+        else:  # the call's whole block was told before the call
+            block = call("add", **data["arguments"])
+            assert block in told, (block, told)
+    assert [data["arguments"] for kind, data in step0 if kind == "tool_call"] == [
+        {"a": 1, "b": 2},
+        {"a": 3, "b": 4},
+    ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 
 from orchestrator.ports import (
@@ -29,7 +29,8 @@ from orchestrator.ports import (
 )
 from orchestrator.tracing import Tracing, record_error, record_tool_refused
 from toolbox.hermes import StreamEvent, ToolCallFailed, ToolCallReady, validate
-from toolbox.protocol import ToolCall, ToolError, ToolResult
+from toolbox.protocol import ToolCall, ToolError, ToolResult, ToolSpec
+from toolbox.safe_schema import has_patterns
 
 INTERRUPTED = (
     "this call was interrupted by a restart before it returned, so its effect is unknown; "
@@ -45,6 +46,23 @@ def signature(call: ToolCall) -> str:
 def digest(call: ToolCall) -> str:
     """A short fixed-size name of what a call is (its signature): the ledger's key."""
     return hashlib.sha256(signature(call).encode()).hexdigest()[:32]
+
+
+# Whether a tool's schema has patterns, by the identity of its parameters (held here, so that an id is
+# never reused while it is a key); bounded, since every run brings its own specs.
+_PATTERNED: dict[int, tuple[object, bool]] = {}
+
+
+def _patterned(tools: Sequence[ToolSpec], name: str) -> bool:
+    for tool in tools:
+        if tool.name == name:
+            found = _PATTERNED.get(id(tool.parameters))
+            if found is None:
+                if len(_PATTERNED) >= 4096:
+                    _PATTERNED.clear()
+                found = _PATTERNED[id(tool.parameters)] = (tool.parameters, has_patterns(tool.parameters))
+            return found[1]
+    return False  # not offered: validate refuses it without matching anything
 
 
 @dataclass
@@ -150,9 +168,13 @@ class Dispatch:
 
     async def _checked(self, slot: CallSlot, call: ToolCall, telling: Telling) -> ToolResult:
         try:
-            # Validated on a thread: a schema's patterns may take up to their time budget to match, and
-            # the event loop (heartbeats, every other run) must not wait for them.
-            error = await asyncio.to_thread(validate, call, self.runner.spec.tools)
+            # A schema's patterns may take up to their time budget to match: such a call is validated on a
+            # thread, so that the event loop (heartbeats, every other run) does not wait for it.
+            tools = self.runner.spec.tools
+            if _patterned(tools, call.name):
+                error = await asyncio.to_thread(validate, call, tools)
+            else:
+                error = validate(call, tools)
             if error is not None:
                 record_tool_refused(call.name, error.type)
                 return await self._told(telling, ToolResult(call.id, call.name, error=error))

@@ -110,6 +110,11 @@ _MIXED = (
 )
 
 
+def has_patterns(schema: Any) -> bool:
+    """Whether checking a value against ``schema`` may match a pattern (and so take up to the budget)."""
+    return next(_patterns(schema), None) is not None
+
+
 def _mixes_patterns(schema: Any) -> bool:
     # jsonschema's unevaluatedProperties matches patternProperties with Python's backtracking `re`.
     names = _keys(schema)

@@ -40,13 +40,33 @@ _PR_SET_DUMPABLE, _PR_SET_CHILD_SUBREAPER = 4, 36
 
 def main() -> None:
     config = json.loads(sys.argv[2])
+    _prepare(config)
+    if config.get("template"):
+        from workers.sandbox import forkserver  # noqa: PLC0415 (templates only)
+
+        forkserver.serve(config)  # never returns
+    pid_namespace = bool(config.get("pid_namespace"))
+    child = _prefork(config)
+    control_in, control_out = sys.stdin.buffer, sys.stdout.buffer
+    control_out.write(b"ready\n")
+    control_out.flush()
+    line = control_in.readline()
+    if not line:
+        _kill_descendants(pid_namespace)
+        return
+    answer = serve(child, line, limits_of(line), pid_namespace=pid_namespace)
+    control_out.write(encode(answer))
+    control_out.flush()
+
+
+def _prepare(config: dict[str, Any]) -> None:
+    """What a host (or a template, for the hosts it forks) does before it says it is ready."""
     os.environ.clear()
     os.environ.update(config.get("env", {}))
-    pid_namespace = bool(config.get("pid_namespace"))
     # Not dumpable: the task's process runs as the same user, and could otherwise open this host's
     # /proc entries (its control pipe, its memory) and forge or withhold the answer.
     _prctl(_PR_SET_DUMPABLE, 0)
-    if not pid_namespace:
+    if not config.get("pid_namespace") and not config.get("template"):
         # Orphans of the task are re-parented to this host rather than to init, so the host can find
         # and kill them when the task ends (outside a PID namespace nothing else would).
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)
@@ -58,17 +78,15 @@ def main() -> None:
     # Objects that exist now are never collected, so the forked child does not copy their pages by
     # touching them during a collection.
     gc.freeze()
-    child = _prefork(config)
-    control_in, control_out = sys.stdin.buffer, sys.stdout.buffer
-    control_out.write(b"ready\n")
-    control_out.flush()
-    line = control_in.readline()
-    if not line:
-        _kill_descendants(pid_namespace)
-        return
-    answer = serve(child, line, json.loads(line)["limits"], pid_namespace=pid_namespace)
-    control_out.write(json.dumps(answer).encode() + b"\n")
-    control_out.flush()
+
+
+def limits_of(line: bytes) -> dict[str, Any]:
+    limits: dict[str, Any] = json.loads(line)["limits"]
+    return limits
+
+
+def encode(answer: dict[str, Any]) -> bytes:
+    return json.dumps(answer).encode() + b"\n"
 
 
 def _prctl(option: int, value: int) -> int:
@@ -79,8 +97,10 @@ def _prctl(option: int, value: int) -> int:
     return int(_ctypes.call_function(_ctypes.dlsym(libc, "prctl"), (option, value, 0, 0, 0)))
 
 
-def _prefork(config: dict[str, Any]) -> tuple[int, int, int]:
+def _prefork(config: dict[str, Any], seal: bytes | None = None) -> tuple[int, int, int]:
     """Fork the task's process now, before the task arrives, so that a call does not pay for the fork.
+    ``seal``: the seccomp filter the child installs, with every capability dropped, before it reads its
+    request (a pooled host's, which still holds the privileges it binds its scratch with).
 
     Returns the child's pid, the pipe that will carry it the request, and the pipe its result comes on.
     """
@@ -90,7 +110,7 @@ def _prefork(config: dict[str, Any]) -> tuple[int, int, int]:
     if pid == 0:  # the task's process: never returns
         os.close(request_write)
         os.close(result_read)
-        _child(request_read, config, result_write)
+        _child(request_read, config, result_write, seal)
     os.close(request_read)
     os.close(result_write)
     return pid, request_write, result_read
@@ -183,7 +203,7 @@ def _error(kind: str, message: str, content: Any = None) -> dict[str, Any]:
     return {"error": {"type": kind, "message": message}, "content": content}
 
 
-def _child(request_fd: int, config: dict[str, Any], result_fd: int) -> None:
+def _child(request_fd: int, config: dict[str, Any], result_fd: int, seal: bytes | None) -> None:
     request: dict[str, Any] = {}
     try:
         # Leave the session and the control channel before anything of the task runs.
@@ -191,11 +211,16 @@ def _child(request_fd: int, config: dict[str, Any], result_fd: int) -> None:
         null = os.open("/dev/null", os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
+        _close_others(request_fd, result_fd)
+        if seal is not None:
+            from workers.sandbox import nest  # noqa: PLC0415 (pooled hosts only)
+
+            nest.seal(seal)
         request = json.loads(_read_all(request_fd) or b"null")
         if not request:
             return
-        scratch = config.get("scratch", ".")
-        _confine(config, request)
+        scratch = request.get("scratch") or config.get("scratch", ".")
+        _confine({**config, "scratch": scratch}, request)
         _limit(request["limits"])
         os.chdir(scratch)
         answer = _call(request, scratch)
@@ -207,8 +232,20 @@ def _child(request_fd: int, config: dict[str, Any], result_fd: int) -> None:
         os.close(result_fd)  # EOF now, rather than after the interpreter's teardown
     except MemoryError:
         os.write(result_fd, json.dumps(_error("out_of_memory", _memory_message(request))).encode())
+    except Exception as exc:  # the task's process could not be made ready: ours, not the tool's
+        message = f"the task's process could not start: {type(exc).__name__}: {exc}"
+        os.write(result_fd, json.dumps(_error("crashed", message)).encode())
     finally:
         os._exit(0)
+
+
+def _close_others(*keep: int) -> None:
+    """Close every descriptor but 0-2 and ``keep`` (a pooled host's socket to the worker among them)."""
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
 
 def _confine(config: dict[str, Any], request: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from workers.executor import Executor
 from workers.registry import ToolRegistry, builtin_registry
 from workers.sandbox import Mechanism, PooledSandbox, detect, landlock
 from workers.sandbox.policy import Limits
+from workers.sandbox.pool import Binding
 
 #: Tight limits, so that every probe is bounded in time.
 PROBE_LIMITS = Limits(memory_bytes=256 * 1024**2, cpu_seconds=2, wall_seconds=3.0, processes=16)
@@ -35,8 +36,9 @@ def require_bubblewrap() -> None:
         pytest.fail(f"bubblewrap isolation is required for these tests; doctor says: {found.reasons}")
 
 
-def sandbox_processes() -> list[str]:
-    """Command lines of this test process's descendants that are sandbox hosts or bwrap."""
+def sandbox_processes(standing: Iterable[int] = ()) -> list[str]:
+    """Command lines of this test process's descendants that are sandbox hosts or bwrap, but for the
+    ``standing`` ones (``PooledSandbox.standing()``: the processes a pool keeps between calls)."""
     parents: dict[int, int] = {}
     lines: dict[int, str] = {}
     for entry in os.listdir("/proc"):
@@ -49,8 +51,11 @@ def sandbox_processes() -> list[str]:
     while frontier:
         frontier = {pid for pid, parent in parents.items() if parent in frontier and pid not in found}
         found |= frontier
+    kept = set(standing)
     return [
-        lines[pid] for pid in found if "sandboxhost" in lines.get(pid, "") or "bwrap" in lines.get(pid, "")
+        lines[pid]
+        for pid in found - kept
+        if "sandboxhost" in lines.get(pid, "") or "bwrap" in lines.get(pid, "")
     ]
 
 
@@ -62,11 +67,12 @@ def probe_registry() -> ToolRegistry:
 
 @contextlib.asynccontextmanager
 async def cold_executor(
-    registry: ToolRegistry, scratch_root: Path, mechanism: Mechanism = "bubblewrap"
+    registry: ToolRegistry, scratch_root: Path, mechanism: Mechanism = "bubblewrap", binding: Binding = "auto"
 ) -> AsyncIterator[Executor]:
-    """An executor whose sandbox keeps no warm hosts, so that after a call no sandbox process may exist."""
+    """An executor whose sandbox keeps no spare or warm hosts, so that after a call no sandbox process
+    may exist but the pool's templates (``PooledSandbox.standing``)."""
     require_bubblewrap() if mechanism == "bubblewrap" else require_landlock()
-    sandbox = PooledSandbox(mechanism, preload=registry.sandbox_modules(), warm=0)
+    sandbox = PooledSandbox(mechanism, preload=registry.sandbox_modules(), warm=0, binding=binding)
     async with Executor(registry, sandbox=sandbox, scratch_root=scratch_root) as executor:
         yield executor
 

@@ -20,6 +20,7 @@ from tests.integration.conftest_workers import (
 from toolbox.protocol import ToolCall, ToolResult
 from workers.executor import Executor
 from workers.sandbox import Mechanism, PooledSandbox, probes
+from workers.sandbox.pool import Binding
 
 pytestmark = pytest.mark.integration
 _NAMES = probes.names()
@@ -31,19 +32,28 @@ def test_the_suite_has_at_least_fifteen_probes() -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("name", _NAMES)
-@pytest.mark.parametrize("mechanism", ["bubblewrap", "landlock"])
-def test_probe_is_contained(mechanism: Mechanism, name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("mechanism", "binding"),
+    [("bubblewrap", "first_use"), ("bubblewrap", "at_start"), ("landlock", "first_use")],
+    ids=["bubblewrap-fleet", "bubblewrap-bound-at-start", "landlock"],
+)
+def test_probe_is_contained(mechanism: Mechanism, binding: Binding, name: str, tmp_path: Path) -> None:
+    """Through the pooled fleet (hosts bound to their conversation at first use), and through hosts
+    bound at their start (the fallback for a worker that may not clone mounts)."""
+
     async def main() -> probes.Verdict:
         with probes.bait() as found:
             probe = next(p for p in probes.probes(found) if p.name == name)
-            async with cold_executor(probe_registry(), tmp_path, mechanism) as executor:
+            async with cold_executor(probe_registry(), tmp_path, mechanism, binding) as executor:
 
                 async def run(call: ToolCall) -> ToolResult:
                     return await executor.execute(call, "probe")
 
                 verdict = await probes.judge(run, probe, found)
                 await executor.sandbox.settle()
-                assert sandbox_processes() == [], "a process of the task survived it"
+                assert sandbox_processes(executor.sandbox.standing()) == [], (
+                    "a process of the task survived it"
+                )
                 return verdict
 
     verdict = asyncio.run(main())

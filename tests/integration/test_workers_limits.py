@@ -64,7 +64,7 @@ def test_a_call_whose_processes_together_pass_its_memory_limit_is_killed(
             results = await _calls(
                 executor, ("python", {"code": _THREE_FORKS}, "c"), ("python", {"code": "6 * 7"}, "c")
             )
-            assert sandbox_processes() == [], "a process of the killed call survived it"
+            assert sandbox_processes(sandbox.standing()) == [], "a process of the killed call survived it"
             return results
 
     killed, after = asyncio.run(main())
@@ -209,14 +209,15 @@ def test_untrusted_tools_are_refused_where_a_call_cannot_be_bounded_unless_the_o
 
 
 def test_an_idle_conversation_is_let_go_only_after_its_warm_sandboxes(tmp_path: Path) -> None:
-    """A warm host binds its conversation's volume: it is stopped before the volume is unmounted."""
+    """A warm host bound at its start binds its conversation's volume: it is stopped before the volume is
+    unmounted (the fleet's spare hosts are bound to no conversation until their task)."""
     require_bubblewrap()
     settings = ScratchSettings(quota_bytes=8 * MiB, idle_seconds=0.0)
     write = {"action": "write", "path": "kept.txt", "content": "still here"}
 
     async def main() -> tuple[list[str], list[str], list[ToolResult]]:
         registry = builtin_registry()
-        sandbox = PooledSandbox("bubblewrap", preload=registry.sandbox_modules(), warm=1)
+        sandbox = PooledSandbox("bubblewrap", preload=registry.sandbox_modules(), warm=1, binding="at_start")
         async with Executor(registry, sandbox=sandbox, scratch_root=tmp_path, scratch=settings) as executor:
             await _calls(executor, ("files", write, "w"))
             await sandbox.prewarm(executor.task(registry.entries["files"], {}, "w"))

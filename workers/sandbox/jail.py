@@ -95,7 +95,8 @@ def _bwrap_args(readable: list[str], egress: bool) -> list[str]:
     if not egress:
         args.append("--unshare-net")
     # The private /tmp first: binds of paths under /tmp (a checkout, a virtual environment) go on top.
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    # /proc read-only: run as root, a server that could write /proc/sys would set the kernel's settings.
+    args += ["--proc", "/proc", "--remount-ro", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     for name in launch.SYSTEM_DIRS:
         if Path(name).is_symlink():
             args += ["--symlink", os.readlink(name), name]

@@ -41,9 +41,12 @@ _BOOT = "import sys,json;sys.path[:0]=json.loads(sys.argv[1]);from workers.sandb
 
 @dataclass(frozen=True)
 class HostSpec:
-    """What a host is started with: its scratch directory, network, and the tool modules to preload."""
+    """What a host is started with: its scratch directory, network, and the tool modules to preload.
 
-    scratch: Path
+    ``scratch`` is ``None`` for a template (``forkserver``): the hosts it forks are bound to a scratch
+    directory at their first task."""
+
+    scratch: Path | None
     network: bool
     preload: tuple[str, ...]
     landlock_abi: int = 0  # under Landlock, use at most this ABI (0: the kernel's); runs as on older kernels
@@ -115,15 +118,30 @@ def host_config(spec: HostSpec, mechanism: Mechanism, scratch: str) -> dict[str,
     }
 
 
-def build(spec: HostSpec, mechanism: Mechanism) -> Launch:
+def build(spec: HostSpec, mechanism: Mechanism, *, control_fd: int = -1) -> Launch:
+    """The command line of a host, or of a template (``spec.scratch is None``) whose control socket is
+    ``control_fd``."""
     roots = package_roots(spec.preload)
     boot = [python_binary(), "-I", "-S", "-B", "-c", _BOOT, json.dumps(sys_path(roots))]
+    scratch = SANDBOX_SCRATCH if mechanism == "bubblewrap" else str(spec.scratch or "")
+    config = host_config(spec, mechanism, scratch)
+    if spec.scratch is None:
+        config |= _template_config(spec, mechanism, control_fd)
     if mechanism == "bubblewrap":
-        config = host_config(spec, mechanism, SANDBOX_SCRATCH)
         argv = [*_bwrap_args(spec), "--", *boot, json.dumps(config)]
-        return Launch(argv, seccomp.program())
-    config = host_config(spec, mechanism, str(spec.scratch))
+        return Launch(argv, seccomp.program(setup=spec.scratch is None))
     return Launch([*boot, json.dumps(config)], None)
+
+
+def _template_config(spec: HostSpec, mechanism: Mechanism, control_fd: int) -> dict[str, object]:
+    nested = mechanism == "bubblewrap"
+    # Read-only paths under /tmp: each host mounts a /tmp of its own, and binds them again on top of it.
+    # Outer paths first, so that a bind inside another lands on top of it.
+    under_tmp = sorted(
+        (str(p) for p in _read_only_paths(spec) if nested and p.is_relative_to("/tmp")),
+        key=lambda path: path.count("/"),
+    )
+    return {"template": True, "namespaces": nested, "control_fd": control_fd, "tmp_binds": under_tmp}
 
 
 def _read_only_paths(spec: HostSpec) -> list[Path]:
@@ -135,9 +153,16 @@ def _read_only_paths(spec: HostSpec) -> list[Path]:
     return [path for path in paths if path.exists()]
 
 
+# What a template keeps of the capabilities in its user namespace, to make each host's namespaces and
+# mounts (SYS_ADMIN), bring up its loopback (NET_ADMIN) and empty its bounding set (SETPCAP).
+_TEMPLATE_CAPS = ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SETPCAP")
+
+
 def _bwrap_args(spec: HostSpec) -> list[str]:
     args = [bwrap_binary(), "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
     args += ["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv", "--cap-drop", "ALL"]
+    if spec.scratch is None:
+        args += [arg for cap in _TEMPLATE_CAPS for arg in ("--cap-add", cap)]
     if not spec.network:
         args.append("--unshare-net")
     args += ["--hostname", "sandbox"]
@@ -146,9 +171,15 @@ def _bwrap_args(spec: HostSpec) -> list[str]:
         if path.is_symlink():
             args += ["--symlink", os.readlink(path), name]
     # The private /tmp first: binds of paths under /tmp (a checkout, a virtual environment) go on top.
-    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(_TMP_BYTES), "--tmpfs", "/tmp"]
+    # /proc read-only: the task's uid is the worker's, and where the worker is root, a task that could
+    # write /proc/sys would set the kernel's own settings (not its namespace's).
+    args += ["--proc", "/proc", "--remount-ro", "/proc", "--dev", "/dev"]
+    args += ["--size", str(_TMP_BYTES), "--tmpfs", "/tmp"]
     for path in _read_only_paths(spec):
         args += ["--ro-bind", str(path), str(path)]
-    args += ["--bind", str(spec.scratch), SANDBOX_SCRATCH, "--chdir", SANDBOX_SCRATCH]
+    if spec.scratch is None:  # each host mounts its conversation's scratch here at its first task
+        args += ["--dir", SANDBOX_SCRATCH, "--chdir", "/"]
+    else:
+        args += ["--bind", str(spec.scratch), SANDBOX_SCRATCH, "--chdir", SANDBOX_SCRATCH]
     args += ["--seccomp", SECCOMP_FD]
     return args

@@ -1,23 +1,40 @@
-"""The pooled sandbox: warm hosts per (scratch directory, network), one task each.
+"""The pooled sandbox: single-use hosts, started ahead of the calls that take them.
 
-A call takes a host that is already started and warm (namespaces made, interpreter up, tool modules
-imported), so it pays only for a fork; meanwhile a replacement starts in the background. A call that finds
-no warm host starts one (a cold start). Idle hosts are killed after ``idle_seconds`` and the pool keeps
-warm hosts for at most ``max_keys`` scratch directories, so an idle service holds few processes.
+Two ways of binding a host to its conversation's scratch directory (``binding``):
+
+- ``first_use`` (the fleet, ``fleet``): spare hosts forked from a template, not tied to a conversation,
+  each bound at its first and only task. A conversation's first call costs what any call costs. Under
+  bubblewrap this needs a worker that may clone mounts (CAP_SYS_ADMIN over its mount namespace, as root
+  has); Landlock and the plain process always can, since their scratch is a path in the request.
+- ``at_start``: hosts started for one scratch directory (and network): a call takes a warm one of its own
+  conversation's, or starts one (a cold start), and a replacement for that conversation starts after it.
+  Idle hosts are killed after ``idle_seconds`` and warm hosts are kept for at most ``max_keys``
+  conversations, so an idle service holds few processes.
+
+``auto`` takes ``first_use`` where it works and ``at_start`` elsewhere. ``warm`` is the number of spare
+hosts: per kind of host for ``first_use``, per conversation for ``at_start``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal, TypeAlias
 
+from workers.sandbox import nest
 from workers.sandbox.cgroup import REQUIRED, CallGroups
-from workers.sandbox.host import START_TIMEOUT, Host
+from workers.sandbox.fleet import Fleet
+from workers.sandbox.host import START_TIMEOUT, StartedHost
 from workers.sandbox.launch import HostSpec
 from workers.sandbox.policy import Mechanism, Outcome, Task
+
+Binding: TypeAlias = Literal["auto", "first_use", "at_start"]
+log = logging.getLogger(__name__)
 
 
 class PooledSandbox:
@@ -33,8 +50,10 @@ class PooledSandbox:
         idle_seconds: float = 300.0,
         landlock_abi: int = 0,
         start_timeout: float = START_TIMEOUT,
+        binding: Binding = "auto",
     ) -> None:
         self.mechanism: Mechanism = mechanism
+        self.binding: Binding = binding
         self.preload = preload
         self.warm = warm
         self.max_keys = max_keys
@@ -42,11 +61,19 @@ class PooledSandbox:
         self.landlock_abi = landlock_abi  # tests run the fallback as on kernels before 6.12 with it
         self.start_timeout = start_timeout
         self.groups = CallGroups()
-        self._ready: OrderedDict[HostSpec, list[Host]] = OrderedDict()
+        self._ready: OrderedDict[HostSpec, list[StartedHost]] = OrderedDict()
         self._starting: set[asyncio.Task[None]] = set()
         self._pending: dict[HostSpec, int] = {}
         self._reaping: set[asyncio.Future[None]] = set()
         self._discarded: set[Path] = set()
+        self.fleet = Fleet(
+            mechanism,
+            self.groups,
+            preload=preload,
+            spare=warm,
+            landlock_abi=landlock_abi,
+            start_timeout=start_timeout,
+        )
 
     def problems(self) -> list[str]:
         """What keeps a call from being bounded as a whole: a required cgroup controller that is missing."""
@@ -61,7 +88,15 @@ class PooledSandbox:
     def spec_for(self, task: Task) -> HostSpec:
         return HostSpec(task.scratch, bool(task.egress), self.preload, self.landlock_abi)
 
+    def first_use(self, task: Task) -> bool:
+        """Whether ``task`` runs on the fleet (decided once, on the first task, for ``auto``)."""
+        if self.binding == "auto":
+            self.binding = "first_use" if _can_clone_mounts(self.mechanism, task.scratch) else "at_start"
+        return self.binding == "first_use"
+
     async def run(self, task: Task) -> Outcome:
+        if self.first_use(task):
+            return await self.fleet.run(task)
         spec = self.spec_for(task)
         host = self._take(spec) or await self._cold(spec, task)
         outcome = await host.run(task.target, task.arguments, task.limits, task.egress)
@@ -72,14 +107,18 @@ class PooledSandbox:
         self.refill(spec)
         return outcome
 
-    async def _cold(self, spec: HostSpec, task: Task) -> Host:
+    async def _cold(self, spec: HostSpec, task: Task) -> StartedHost:
         # A host started for one waiting call imports only that call's tool, not every tool.
-        return await Host.start(
+        return await StartedHost.start(
             replace(spec, preload=(task.module,)), self.mechanism, self.groups, self.start_timeout
         )
 
     async def prewarm(self, task: Task) -> None:
-        """Start the warm hosts for ``task``'s scratch directory and wait until they are ready."""
+        """Start the warm hosts ``task`` would take (its conversation's, for ``at_start``) and wait
+        until they are ready."""
+        if self.first_use(task):
+            await self.fleet.prewarm(task)
+            return
         spec = self.spec_for(task)
         self.refill(spec)
         while self._starting:
@@ -98,9 +137,9 @@ class PooledSandbox:
             job.add_done_callback(self._starting.discard)
 
     async def _start_into(self, spec: HostSpec) -> None:
-        host: Host | None = None
+        host: StartedHost | None = None
         try:
-            host = await Host.start(spec, self.mechanism, self.groups, self.start_timeout)
+            host = await StartedHost.start(spec, self.mechanism, self.groups, self.start_timeout)
         except Exception:  # a failed warm start only means that the next call starts cold
             return
         finally:
@@ -115,7 +154,7 @@ class PooledSandbox:
         self._ready.move_to_end(spec)
         await self._evict()
 
-    def _take(self, spec: HostSpec) -> Host | None:
+    def _take(self, spec: HostSpec) -> StartedHost | None:
         hosts = self._ready.get(spec, [])
         while hosts:
             host = hosts.pop(0)
@@ -125,7 +164,7 @@ class PooledSandbox:
 
     async def _evict(self) -> None:
         now = time.monotonic()
-        stale: list[Host] = []
+        stale: list[StartedHost] = []
         for spec in list(self._ready):
             keep = [h for h in self._ready[spec] if h.alive and now - h.started < self.idle_seconds]
             stale += [h for h in self._ready[spec] if h not in keep]
@@ -143,12 +182,20 @@ class PooledSandbox:
             for host in self._ready.pop(spec):
                 await host.kill()
 
+    def standing(self) -> set[int]:
+        """Pids of the processes the pool keeps between calls (templates, spare and warm hosts): what
+        is left after every call ended, when nothing of any task survived."""
+        warm = {pid for hosts in self._ready.values() for host in hosts if host.alive for pid in host.tree()}
+        return self.fleet.standing() | warm
+
     async def settle(self) -> None:
         """Wait until every finished host has exited (tests use it to check that nothing survives)."""
         await asyncio.gather(*self._reaping, return_exceptions=True)
+        await self.fleet.settle()
 
     async def close(self) -> None:
         await self.settle()
+        await self.fleet.close()
         for job in list(self._starting):
             job.cancel()
         await asyncio.gather(*self._starting, return_exceptions=True)
@@ -156,3 +203,16 @@ class PooledSandbox:
             for host in hosts:
                 await host.kill()
         self._ready.clear()
+
+
+def _can_clone_mounts(mechanism: Mechanism, scratch: Path) -> bool:
+    """Whether hosts can be bound at their first task: under bubblewrap, whether this worker may clone
+    the scratch directory's mount (the fleet's hosts receive it as a detached mount)."""
+    if mechanism != "bubblewrap":
+        return True
+    try:
+        os.close(nest.detach(str(scratch)))
+    except OSError as exc:
+        log.warning("sandbox hosts are bound at their start, one conversation each: %s", exc)
+        return False
+    return True

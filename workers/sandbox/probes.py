@@ -38,6 +38,7 @@ class Bait:
     port: int
     victim: subprocess.Popen[bytes] | None
     connections: list[bytes] = field(default_factory=list)
+    sysctl: str = ""  # the host's value of the kernel setting the sysctl probe tries to change
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,8 @@ def probes(bait: Bait) -> list[Probe]:
         ),
         Probe("leave a process behind", _SURVIVOR, lambda b, r, p: r.ok and not _survivors()),
         Probe("forge the answer on the host's pipe", _FORGE, _result("denied")),
+        # Judged on the host: its own value of the setting must be what it was (the bait restores it).
+        Probe("change a kernel setting", _SYSCTL, lambda b, r, p: _read_sysctl() == b.sysctl),
     ]
 
 
@@ -146,6 +149,17 @@ def attempt():
         return 'denied'
     return 'written'
 attempt()"""
+# vm.overcommit_ratio: global (no namespace has its own), and unused under the default overcommit policy,
+# so even a sandbox that let the write through changes nothing that matters before the bait restores it.
+_SYSCTL_PATH = "/proc/sys/vm/overcommit_ratio"
+_SYSCTL = f"""path = {_SYSCTL_PATH!r}
+value = int(open(path).read()) + 1
+try:
+    with open(path, 'w') as handle:
+        handle.write(str(value))
+    'written'
+except OSError as exc:
+    exc.strerror"""
 _SURVIVOR = """import subprocess
 subprocess.Popen(['/bin/sleep', '317'], start_new_session=True).pid"""
 
@@ -177,6 +191,13 @@ except OSError as exc:
     repr(exc)"""
 
 
+def _read_sysctl() -> str:
+    try:
+        return Path(_SYSCTL_PATH).read_text().strip()
+    except OSError:
+        return ""
+
+
 def _survivors() -> list[int]:
     """Host processes left by the survivor probe (the whole host is scanned, not only our children)."""
     found = []
@@ -198,7 +219,7 @@ def bait() -> Iterator[Bait]:
     server.settimeout(0.2)
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "caduceus-victim"])
     os.environ["CADUCEUS_PROBE_SECRET"] = token
-    found = Bait(token, secret, outside, server.getsockname()[1], victim)
+    found = Bait(token, secret, outside, server.getsockname()[1], victim, sysctl=_read_sysctl())
     stop = threading.Event()
     thread = threading.Thread(target=_serve, args=(server, found, stop), daemon=True)
     thread.start()
@@ -216,6 +237,9 @@ def bait() -> Iterator[Bait]:
         for pid in _survivors():
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+        if found.sysctl and _read_sysctl() != found.sysctl:  # an escape: put the host's value back
+            with contextlib.suppress(OSError):
+                Path(_SYSCTL_PATH).write_text(found.sysctl)
 
 
 def _serve(server: socket.socket, found: Bait, stop: threading.Event) -> None:

@@ -70,6 +70,7 @@ _DENIED_X86_64 = {
     "pidfd_getfd": 438,
     "mount_setattr": 442,
 }
+_SETUP = frozenset({"unshare", "mount", "move_mount"})  # what a template needs to make a host
 _SOCKET, _CLONE, _CLONE3, _IOCTL = 41, 56, 435, 16
 # Calls that send a signal to a process or thread named by the first argument, and those whose target the
 # filter cannot check (tkill names a bare thread id; pidfd_send_signal a descriptor).
@@ -115,8 +116,13 @@ def denied_names(*, signals: bool = False) -> list[str]:
     return names
 
 
-def program(*, allow_inet: bool = True, signal_self: int | None = None) -> bytes:
+def program(*, allow_inet: bool = True, signal_self: int | None = None, setup: bool = False) -> bytes:
     """The packed filter. ``allow_inet=False`` also refuses AF_INET/AF_INET6 sockets.
+
+    ``setup``: the filter of a sandbox template (``workers.sandbox.forkserver``), which must still make
+    each host's namespaces and mounts: ``unshare``, ``mount`` and ``move_mount`` pass it. It never runs a
+    task: every host installs the full filter on top of it (filters stack; the strictest answer wins)
+    before anything of a task runs.
 
     ``signal_self``: where nothing else confines signals (Landlock before ABI 6, no PID namespace), the
     pid of the process installing the filter: signals may then go to it alone, so that a call cannot
@@ -131,7 +137,8 @@ def program(*, allow_inet: bool = True, signal_self: int | None = None) -> bytes
     code.append((_LD_ABS, 0, 0, _OFF_NR))
     code.append((_JGE, 0, 1, _X32_BIT))
     code.append((_RET, 0, 0, _RET_KILL_PROCESS))
-    for number in sorted(_DENIED_X86_64.values()):
+    allowed = _SETUP if setup else frozenset()
+    for number in sorted(n for name, n in _DENIED_X86_64.items() if name not in allowed):
         code.append((_JEQ, 0, 1, number))
         code.append((_RET, 0, 0, deny))
     if signal_self is not None:

@@ -1,13 +1,17 @@
-"""Latency of a trivial ``python`` tool call in the sandbox, cold and warm, beside a plain subprocess.
+"""Latency of a trivial ``python`` tool call in the sandbox, cold, warm and pooled, beside a subprocess.
 
-- cold: every call starts its sandbox host (namespaces, seccomp, interpreter, tool import) and runs;
-- warm: a host was pre-started by the pool before the call (as happens between an agent's turns),
-  so the call pays for validation, dispatch, one fork and the answer;
+- cold: every call starts its own sandbox host (namespaces, seccomp, interpreter, tool import): hosts
+  bound to their conversation at their start, with none kept warm (the fallback binding);
+- warm: the pool's fleet had a spare host ready (it forks one between calls), in a conversation that
+  has called before, so the call pays for validation, dispatch, binding the scratch, and the answer;
+- pooled first call: the same, but every call is a new conversation's first: its scratch volume is made
+  (a copy of a pristine image, loop-mounted) and bound to a spare host that was forked before it existed;
+- forked: no spare host ready: the call's host is forked from the template for it;
 - subprocess: ``python -c CODE`` with no isolation at all, measured in the same run.
 
-All three go through the same code (``1 + 1``); cold and warm go through the executor, so validation and
-the ToolResult are included. Then the escape probes of the security suite are counted. Prints a table,
-then, last, one line ``RESULT {json}``.
+All go through the same code (``1 + 1``); the sandboxed ones through the executor, so validation and the
+ToolResult are included. Then the escape probes of the security suite are counted. Prints a table, then,
+last, one line ``RESULT {json}``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from workers.executor import Executor
 from workers.registry import ToolRegistry, builtin_registry
 from workers.sandbox import PooledSandbox, detect, probes
 from workers.sandbox.policy import Limits
+from workers.sandbox.pool import Binding
 from workers.sandbox.scratch import ScratchStore
 
 CODE = "1 + 1"
@@ -39,18 +44,30 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-async def sandboxed(calls: int, root: Path, *, warm: bool) -> list[float]:
+async def sandboxed(
+    calls: int,
+    root: Path,
+    series: str,
+    *,
+    binding: Binding = "first_use",
+    spare: int = 1,
+    fresh: bool = False,
+) -> list[float]:
+    """``calls`` timed calls, one at a time; ``fresh``: each in a new conversation."""
     registry = builtin_registry()
     mechanism = detect().mechanism
-    sandbox = PooledSandbox(mechanism, preload=registry.sandbox_modules(), warm=1 if warm else 0)
+    sandbox = PooledSandbox(
+        mechanism, preload=registry.sandbox_modules(), warm=0, spare=spare, binding=binding
+    )
     times: list[float] = []
     async with Executor(registry, sandbox=sandbox, scratch_root=root) as executor:
-        task = executor.task(registry.entries["python"], {"code": CODE}, "bench")
+        task = executor.task(registry.entries["python"], {"code": CODE}, series)
+        await sandbox.prewarm(task)  # the template (or, bound at start: nothing), not timed
         for index in range(calls):
-            if warm:
-                await sandbox.prewarm(task)  # not timed: the pool does this between calls
+            await sandbox.prewarm(task)  # not timed: the pool does this between calls
+            conversation = f"{series}-{index}" if fresh else series
             started = time.perf_counter()
-            result = await executor.execute(ToolCall(str(index), "python", {"code": CODE}), "bench")
+            result = await executor.execute(ToolCall(str(index), "python", {"code": CODE}), conversation)
             times.append((time.perf_counter() - started) * 1000)
             assert result.ok and result.content["result"] == 2, result
             await sandbox.settle()
@@ -91,13 +108,22 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="caduceus-bench-"))
     print(f"isolation: {detect().mechanism}; {args.calls} calls per series")
-    cold = asyncio.run(sandboxed(args.calls, root, warm=False))
-    warm = asyncio.run(sandboxed(args.calls, root, warm=True))
+    cold = asyncio.run(sandboxed(args.calls, root, "cold", binding="at_start", spare=0))
+    warm = asyncio.run(sandboxed(args.calls, root, "warm"))
+    first = asyncio.run(sandboxed(args.calls, root, "first", fresh=True))
+    forked = asyncio.run(sandboxed(args.calls, root, "forked", spare=0))
     plain = plain_subprocess(args.calls)
-    print(f"{'series':<12}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
-    for name, values in (("cold", cold), ("warm", warm), ("subprocess", plain)):
+    series = (
+        ("cold", cold),
+        ("warm", warm),
+        ("pooled first", first),
+        ("forked", forked),
+        ("subprocess", plain),
+    )
+    print(f"{'series':<14}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
+    for name, values in series:
         p50, p99, mean = percentile(values, 50), percentile(values, 99), statistics.mean(values)
-        print(f"{name:<12}{p50:>10.1f}{p99:>10.1f}{mean:>10.1f}")
+        print(f"{name:<14}{p50:>10.1f}{p99:>10.1f}{mean:>10.1f}")
     verdicts = asyncio.run(escapes(root))
     for verdict in verdicts:
         print(
@@ -109,6 +135,9 @@ def main() -> None:
         "cold_p99_ms": round(percentile(cold, 99), 2),
         "warm_p50_ms": round(percentile(warm, 50), 2),
         "warm_p99_ms": round(percentile(warm, 99), 2),
+        "pooled_first_call_p50_ms": round(percentile(first, 50), 2),
+        "pooled_first_call_p99_ms": round(percentile(first, 99), 2),
+        "forked_p50_ms": round(percentile(forked, 50), 2),
         "subprocess_p50_ms": round(percentile(plain, 50), 2),
         "escapes_contained": sum(v.contained for v in verdicts),
         "escapes_total": len(verdicts),

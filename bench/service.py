@@ -13,9 +13,15 @@ sandbox), then answers: three model turns and two tool calls. Measured, from the
   wait includes the call's trip to the tool workers and its wait for a sandbox; so the same load is run
   again without tools (one model turn per run), where everything but the model is the service's own.
 
+Then the sandboxed calls alone, through the tool-worker deployment (its Serve handle): ``N`` concurrent
+``python`` calls, each the first of a new conversation (so each makes its scratch volume and binds a host
+of the pooled fleet), as ``calls_per_s``; and the floor, ``calls_per_s_floor``: the same burst once the
+replica holds ``N`` spare hosts already forked and waiting (``keep_spare``), none forked during it.
+
     python bench/service.py [--runs 200] [--ttft 0.1] [--per-token 0.013]
 
-Last line: ``RESULT {"runs_per_s", "p50_s", "p99_s", "outside_share", ..., "outside_share_no_tools"}``.
+Last line: ``RESULT {"runs_per_s", "p50_s", "p99_s", "outside_share", ..., "outside_share_no_tools",
+"calls_per_s", "calls_per_s_floor"}``.
 """
 
 from __future__ import annotations
@@ -23,16 +29,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import os
+import shutil
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 from redis.asyncio import Redis
 
-from deploy.config import load_config
+from deploy.config import ToolWorkersConfig, load_config
 from deploy.local_redis import free_port
-from deploy.local_service import LOCAL_TENANT, local_service
+from deploy.local_service import APP_NAME, LOCAL_TENANT, local_service
+from toolbox.protocol import ToolCall
+from workers.sandbox.scratch import ScratchStore
 
 TASK = {"input": "Compute 17 * 23 and store the result.", "tools": ["calculator", "files"], "temperature": 0}
 #: The same load without tools: one model turn per run, so nothing but the model and the service itself.
@@ -110,7 +123,44 @@ async def _measure(url: str, key: str, redis_url: str, runs: int) -> dict[str, A
         result = await _load(client, redis_url, TASK, runs)
         chat = await _load(client, redis_url, CHAT, runs)
     keep = ("runs_per_s", "p50_s", "p99_s", "outside_s_per_run", "outside_share")
-    return result | {f"{name}_no_tools": chat[name] for name in keep}
+    return result | {f"{name}_no_tools": chat[name] for name in keep} | await _sandboxed(runs)
+
+
+async def _sandboxed(calls: int) -> dict[str, Any]:
+    """Sandboxed calls per second from ``calls`` new conversations at once, then the same with every
+    host already forked and waiting (the floor)."""
+    from ray import serve  # noqa: PLC0415 - the service started Ray in this process
+
+    tools = serve.get_deployment_handle("ToolWorkers", app_name=APP_NAME)
+    pooled = await _burst(tools, "pooled", calls)
+    ready = await tools.keep_spare.remote(calls)
+    await tools.keep_spare.remote(0)  # the burst takes the spares forked above; none is forked during it
+    floor = await _burst(tools, "floor", calls)
+    again = await _burst(tools, "pooled", calls)  # the first burst's conversations, their volumes made
+    await tools.keep_spare.remote(ToolWorkersConfig().spare_hosts)  # back to the service's default
+    return {
+        "calls": calls,
+        "calls_per_s": pooled,
+        "calls_per_s_floor": floor,
+        "calls_vs_floor": round(pooled / floor, 3),
+        "calls_per_s_again": again,
+        "floor_spares_ready": ready,
+    }
+
+
+async def _burst(tools: Any, prefix: str, calls: int) -> float:
+    started = time.perf_counter()
+    results = await asyncio.gather(
+        *(
+            tools.execute.remote(ToolCall(str(n), "python", {"code": "1 + 1"}), f"{prefix}-{n}")
+            for n in range(calls)
+        )
+    )
+    seconds = time.perf_counter() - started
+    failed = [result for result in results if not result.ok or result.content["result"] != 2]
+    if failed:
+        raise SystemExit(f"{len(failed)} sandboxed calls failed, e.g. {failed[0]}")
+    return round(calls / seconds, 1)
 
 
 async def _load(client: httpx.AsyncClient, redis_url: str, task: dict[str, Any], runs: int) -> dict[str, Any]:
@@ -155,12 +205,19 @@ def main() -> None:
     parser.add_argument("--per-token", type=float, default=0.013, help="scripted seconds per token")
     args = parser.parse_args()
     config = _config(args.ttft, args.per_token, args.runs)
+    # The runs' scratch volumes go in a root of the benchmark's own, unmounted and removed at the end.
+    scratch = Path(tempfile.mkdtemp(prefix="caduceus-bench-service-"))
+    os.environ["CADUCEUS_SCRATCH_ROOT"] = str(scratch)
     print(
         f"starting the service (scripted 70B: {args.ttft} s TTFT, {args.per_token} s/token) ...", flush=True
     )
-    with local_service(config, port=free_port()) as service:
-        print(f"up in {service.seconds_to_start:.0f} s; {args.runs} concurrent runs ...", flush=True)
-        result = asyncio.run(_measure(service.url, service.api_key, service.redis_url, args.runs))
+    try:
+        with local_service(config, port=free_port()) as service:
+            print(f"up in {service.seconds_to_start:.0f} s; {args.runs} concurrent runs ...", flush=True)
+            result = asyncio.run(_measure(service.url, service.api_key, service.redis_url, args.runs))
+    finally:
+        ScratchStore(scratch).sweep(now=math.inf)
+        shutil.rmtree(scratch, ignore_errors=True)
     result |= {"ttft_s": args.ttft, "per_token_s": args.per_token}
     print(f"\n{'figure':<22}{'value':>12}")
     for name, value in result.items():

@@ -60,6 +60,7 @@ from orchestrator.worker import Worker
 from toolbox.protocol import ToolCall, ToolResult, ToolSpec
 from workers.executor import Executor
 from workers.registry import builtin_registry
+from workers.sandbox import create_sandbox
 
 log = logging.getLogger(__name__)
 #: The LLM deployments' names start with this, then the served model name.
@@ -91,14 +92,21 @@ def _pinned(resource: str, replicas: int | None = None, **options: Any) -> dict[
 class _ToolWorkers:
     """Runs tool calls in sandboxes (the configured tool set), each in its conversation's scratch dir."""
 
-    async def __init__(self, tools: str = "builtin") -> None:  # type: ignore[misc]  # Serve awaits it
-        self._executor = Executor(demo_registry(narrow=True) if tools == "demo" else builtin_registry())
+    async def __init__(self, tools: str = "builtin", spare_hosts: int = 4) -> None:  # type: ignore[misc]
+        registry = demo_registry(narrow=True) if tools == "demo" else builtin_registry()
+        sandbox = create_sandbox(preload=registry.sandbox_modules(), spare=spare_hosts)
+        self._executor = Executor(registry, sandbox=sandbox)
 
     async def specs(self) -> list[ToolSpec]:
         return self._executor.specs()
 
     async def execute(self, call: ToolCall, conversation: str) -> ToolResult:
         return await self._executor.execute(call, conversation)
+
+    async def keep_spare(self, spare: int) -> int:
+        """Keep ``spare`` sandbox hosts ready from now on and wait until they are (before a known burst;
+        the load benchmark's floor); returns how many are ready."""
+        return await self._executor.sandbox.keep_spare(spare)
 
     async def __del__(self) -> None:
         await self._executor.close()
@@ -256,7 +264,7 @@ def build_app(args: Mapping[str, Any] | None = None) -> Application:
             max_ongoing_requests=config.tool_workers.max_concurrent_calls,
             autoscaling_config=_scaling(config.tool_workers.replicas.min, config.tool_workers.replicas.max),
         )
-    ).bind(config.tool_workers.tools)
+    ).bind(config.tool_workers.tools, config.tool_workers.spare_hosts)
     # A queue consumer serves no requests for Serve to count: it scales on the queue's depth instead.
     with warnings.catch_warnings():
         # Ray 2.60 calls metrics_interval_s deprecated in favour of environment variables it does not

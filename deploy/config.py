@@ -142,11 +142,14 @@ class OrchestratorConfig(_Strict):
 
 class ToolWorkersConfig(_Strict):
     """``tools``: ``builtin`` (every built-in tool) or ``demo`` (``calculator`` and ``files`` with the narrow
-    argument schemas a very small model can fill: ``deploy.demo_tools``)."""
+    argument schemas a very small model can fill: ``deploy.demo_tools``). ``spare_hosts``: sandbox hosts
+    each replica keeps started and waiting, bound to no conversation, per kind of host (with or without
+    network); a call that finds none has one forked for it (``workers.sandbox.fleet``)."""
 
     tools: Literal["builtin", "demo"] = "builtin"
     replicas: Replicas = Replicas()
     max_concurrent_calls: int = Field(16, ge=1)
+    spare_hosts: int = Field(4, ge=0)
     ray_resource: str = Field("caduceus-tools", min_length=1)
 
 

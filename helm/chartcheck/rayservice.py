@@ -48,7 +48,12 @@ def args_schema(presets: list[str]) -> Obj:
                 }
             ),
             "tool_workers": closed(
-                {"replicas": replicas, "max_concurrent_calls": count, "ray_resource": text}
+                {
+                    "replicas": replicas,
+                    "max_concurrent_calls": count,
+                    "spare_hosts": {"type": "integer", "minimum": 0},
+                    "ray_resource": text,
+                }
             ),
             "redis": closed({"url_env": text, "password_env": text_or_null}),
             "api_keys_env": text,

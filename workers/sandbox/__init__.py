@@ -56,15 +56,22 @@ class Sandbox(Protocol):
     async def discard(self, scratch: Path) -> None:
         """Stop the warm hosts bound to ``scratch`` (its conversation is being let go)."""
 
+    async def keep_spare(self, spare: int) -> int:
+        """Keep ``spare`` hosts ready from now on (where hosts wait bound to no conversation), and wait
+        until they are; returns how many are ready."""
+
     def problems(self) -> list[str]:
         """Why a call cannot be bounded as a whole here (missing cgroup controllers); empty when it can."""
 
     async def close(self) -> None: ...
 
 
-def create_sandbox(*, preload: tuple[str, ...] = (), warm: int = 1) -> PooledSandbox:
-    """The strongest sandbox that works here, with ``preload`` modules imported in its warm hosts."""
-    return PooledSandbox(detect().mechanism, preload=preload, warm=warm)
+def create_sandbox(
+    *, preload: tuple[str, ...] = (), warm: int = 1, spare: int | None = None
+) -> PooledSandbox:
+    """The strongest sandbox that works here, with ``preload`` modules imported in its warm hosts
+    (``warm`` per conversation where hosts are bound at their start, ``spare`` per kind in the fleet)."""
+    return PooledSandbox(detect().mechanism, preload=preload, warm=warm, spare=spare)
 
 
 def scratch_root() -> Path:

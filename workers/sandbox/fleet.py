@@ -61,9 +61,14 @@ class Fleet:
 
     async def prewarm(self, task: Task) -> None:
         """Start the kind's template and its spare hosts, and wait until they are ready."""
-        self.refill(self.kind(task))
+        await self.fill(self.kind(task))
+
+    async def fill(self, kind: HostSpec) -> int:
+        """Fork the kind's missing spares and wait for them; returns how many are ready."""
+        self.refill(kind)
         while self._forking:
             await asyncio.gather(*self._forking, return_exceptions=True)
+        return len(self._ready.get(kind, []))
 
     def refill(self, kind: HostSpec) -> None:
         if self._closed:

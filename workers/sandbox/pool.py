@@ -11,8 +11,9 @@ Two ways of binding a host to its conversation's scratch directory (``binding``)
   Idle hosts are killed after ``idle_seconds`` and warm hosts are kept for at most ``max_keys``
   conversations, so an idle service holds few processes.
 
-``auto`` takes ``first_use`` where it works and ``at_start`` elsewhere. ``warm`` is the number of spare
-hosts: per kind of host for ``first_use``, per conversation for ``at_start``.
+``auto`` takes ``first_use`` where it works and ``at_start`` elsewhere. ``warm`` is the number of warm
+hosts per conversation for ``at_start``; ``spare`` the number of spare hosts per kind for ``first_use``
+(``warm`` unless given).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class PooledSandbox:
         landlock_abi: int = 0,
         start_timeout: float = START_TIMEOUT,
         binding: Binding = "auto",
+        spare: int | None = None,
     ) -> None:
         self.mechanism: Mechanism = mechanism
         self.binding: Binding = binding
@@ -70,7 +72,7 @@ class PooledSandbox:
             mechanism,
             self.groups,
             preload=preload,
-            spare=warm,
+            spare=warm if spare is None else spare,
             landlock_abi=landlock_abi,
             start_timeout=start_timeout,
         )
@@ -123,6 +125,15 @@ class PooledSandbox:
         self.refill(spec)
         while self._starting:
             await asyncio.gather(*self._starting, return_exceptions=True)
+
+    async def keep_spare(self, spare: int) -> int:
+        """Keep ``spare`` spare hosts (of the kind without network) from now on: a taken one is replaced
+        while fewer are ready (more are not stopped). Waits until they are ready; returns how many are
+        (0 where hosts are bound at their start)."""
+        if self.binding == "at_start":
+            return 0
+        self.fleet.spare = spare
+        return await self.fleet.fill(HostSpec(None, False, self.preload, self.landlock_abi))
 
     def refill(self, spec: HostSpec) -> None:
         self._discarded.discard(spec.scratch)

@@ -66,6 +66,13 @@ async def _recvmsg(
             await _readable(sock.fileno())
 
 
+def _exited(pidfd: int) -> bool:
+    """A pidfd polls readable once its process has exited (poll: a worker's descriptors pass 1024)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     fds = array.array("i")
     for level, kind, payload in ancillary:
@@ -251,7 +258,7 @@ class ForkedHost(Host):
 
     @property
     def alive(self) -> bool:
-        return self.pidfd >= 0 and not select.select([self.pidfd], [], [], 0)[0]
+        return self.pidfd >= 0 and not _exited(self.pidfd)
 
     def _scratch_path(self, scratch: Path | None) -> str | None:
         # Under bubblewrap the scratch is mounted at the host's /scratch, where its config points.
@@ -287,7 +294,7 @@ class ForkedHost(Host):
         return line + b"\n"
 
     async def _exit(self) -> None:
-        if self.pidfd >= 0 and not select.select([self.pidfd], [], [], 0)[0]:
+        if self.pidfd >= 0 and not _exited(self.pidfd):
             await _readable(self.pidfd)
 
     def _signal_kill(self) -> None:

@@ -218,6 +218,7 @@ orchestrator:
 tool_workers:
   replicas: {min: {{ int .Values.toolWorkers.replicas.min }}, max: {{ int .Values.toolWorkers.replicas.max }}}
   max_concurrent_calls: {{ int .Values.toolWorkers.maxConcurrentCalls }}
+  spare_hosts: {{ int .Values.toolWorkers.spareHosts }}
   ray_resource: {{ if .Values.toolWorkers.pool.enabled }}{{ include "caduceus.toolResource" . }}{{ else }}{{ include "caduceus.controlResource" . }}{{ end }}
 redis:
   url_env: CADUCEUS_REDIS_URL

@@ -92,10 +92,12 @@ def _pinned(resource: str, replicas: int | None = None, **options: Any) -> dict[
 class _ToolWorkers:
     """Runs tool calls in sandboxes (the configured tool set), each in its conversation's scratch dir."""
 
-    async def __init__(self, tools: str = "builtin", spare_hosts: int = 4) -> None:  # type: ignore[misc]
+    async def __init__(  # type: ignore[misc]  # Serve awaits it
+        self, tools: str = "builtin", spare_hosts: int = 4, max_concurrent_calls: int = 16
+    ) -> None:
         registry = demo_registry(narrow=True) if tools == "demo" else builtin_registry()
         sandbox = create_sandbox(preload=registry.sandbox_modules(), spare=spare_hosts)
-        self._executor = Executor(registry, sandbox=sandbox)
+        self._executor = Executor(registry, sandbox=sandbox, max_concurrent=max_concurrent_calls)
 
     async def specs(self) -> list[ToolSpec]:
         return self._executor.specs()
@@ -258,13 +260,17 @@ def build_app(args: Mapping[str, Any] | None = None) -> Application:
     """The whole service as one Ray Serve application, from the ``args`` document."""
     config = load_config(dict(args or {}), source="serve args")
     llms = {model.served_name: llm_deployment(model) for model in config.models}
+    workers = config.tool_workers
+    # Calls past max_concurrent_calls wait in the replica, in order (the executor's slots), not in Serve's
+    # router: a router whose replicas are full retries two requests at a time with backoff (up to 0.5 s),
+    # which left a burst of 200 calls idle for seconds (bench/service.py: 10 calls/s, not 90).
     tools = ToolWorkers.options(
         **_pinned(
-            config.tool_workers.ray_resource,
-            max_ongoing_requests=config.tool_workers.max_concurrent_calls,
-            autoscaling_config=_scaling(config.tool_workers.replicas.min, config.tool_workers.replicas.max),
+            workers.ray_resource,
+            max_ongoing_requests=_QUEUED_CALLS,
+            autoscaling_config=_scaling(workers.replicas.min, workers.replicas.max),
         )
-    ).bind(config.tool_workers.tools, config.tool_workers.spare_hosts)
+    ).bind(workers.tools, workers.spare_hosts, workers.max_concurrent_calls)
     # A queue consumer serves no requests for Serve to count: it scales on the queue's depth instead.
     with warnings.catch_warnings():
         # Ray 2.60 calls metrics_interval_s deprecated in favour of environment variables it does not
@@ -278,6 +284,9 @@ def build_app(args: Mapping[str, Any] | None = None) -> Application:
     return Api.options(**_pinned(config.api.ray_resource, 1, max_ongoing_requests=1000)).bind(
         config.model_dump(mode="json"), orchestrator, tools
     )
+
+
+_QUEUED_CALLS = 1000  # calls one tool-worker replica accepts, running or waiting for a slot
 
 
 def _queue_scaling(config: ServiceConfig) -> dict[str, Any]:

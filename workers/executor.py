@@ -51,8 +51,11 @@ class Executor:
         sandbox: Sandbox | None = None,
         scratch_root: Path | None = None,
         scratch: ScratchSettings | None = None,
+        max_concurrent: int | None = None,
     ) -> None:
+        """``max_concurrent``: calls run at once; the others wait their turn here, in order."""
         self.registry = registry
+        self._slots = asyncio.Semaphore(max_concurrent) if max_concurrent else None
         self.sandbox: Sandbox = sandbox or create_sandbox(preload=registry.sandbox_modules())
         self.scratch = ScratchStore(
             scratch_root or default_scratch_root(), scratch or ScratchSettings.from_env()
@@ -85,6 +88,12 @@ class Executor:
         return self.registry.specs()
 
     async def execute(self, call: ToolCall, conversation: str = "default") -> ToolResult:
+        if self._slots is None:
+            return await self._execute(call, conversation)
+        async with self._slots:
+            return await self._execute(call, conversation)
+
+    async def _execute(self, call: ToolCall, conversation: str) -> ToolResult:
         error = validate(call, {spec.name: spec for spec in self.registry.specs()})
         entry = self.registry.get(call.name)
         if error is not None or entry is None:

@@ -234,8 +234,12 @@ class ForkedHost(Host):
         host = cls(spec, mechanism, channel, pidfd, None)
         host.pid = pid
         try:
-            host.group = new_group(groups)
-            host._place(pid)
+            # In a thread: moving a process between cgroups waits for the kernel (an RCU grace period
+            # per hierarchy, about 0.5 ms each here), which the event loop should not.
+            host.group = await asyncio.to_thread(new_group, groups)
+            if host.group is not None:
+                await asyncio.to_thread(_place, host.group, pid)
+                host.group.watch_oom(asyncio.get_running_loop().add_reader, host._on_oom)
             await asyncio.get_running_loop().sock_sendall(channel, b"placed\n")
             if await host._line() != b"ready\n":
                 raise SandboxStartError("the sandbox host stopped before it was ready")
@@ -243,18 +247,6 @@ class ForkedHost(Host):
             await host.kill()
             raise
         return host
-
-    def _place(self, pid: int) -> None:
-        """Move the host into its call's cgroups (before it forks its task's process)."""
-        if self.group is None:
-            return
-        self.group.watch_oom(asyncio.get_running_loop().add_reader, self._on_oom)
-        try:
-            for path in self.group.paths():
-                with open(path / "cgroup.procs", "w") as procs:
-                    procs.write(str(pid))
-        except OSError as exc:
-            raise SandboxStartError(f"cannot move the sandbox host into its cgroup: {exc}") from exc
 
     @property
     def alive(self) -> bool:
@@ -308,6 +300,16 @@ class ForkedHost(Host):
             os.close(self.pidfd)
             self.pidfd = -1
         await dispose(self.group)
+
+
+def _place(group: CallGroup, pid: int) -> None:
+    """Move the host ``pid`` into its call's cgroups (before it forks its task's process)."""
+    try:
+        for path in group.paths():
+            with open(path / "cgroup.procs", "w") as procs:
+                procs.write(str(pid))
+    except OSError as exc:
+        raise SandboxStartError(f"cannot move the sandbox host into its cgroup: {exc}") from exc
 
 
 async def _hello(channel: socket.socket) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 
 from workers.errors import WorkersError
 from workers.sandbox import detect, scratch_root, seccomp
+from workers.sandbox.pool import binding_problem
 from workers.sandbox.scratch import ScratchSettings, ScratchStore
 
 
@@ -37,6 +38,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"scratch root: {store.root}")
     print(f"scratch quota: {store.describe()}")
+    problem = binding_problem(found.mechanism, store.root)
+    if problem is None:
+        print("hosts: a pooled fleet, spare hosts forked from a template and bound at their first task")
+    else:
+        print(f"hosts: started per conversation, bound at their start: {problem}")
     unbounded = [*found.unbounded, *([f"scratch quota: {store.problem}"] if store.problem else [])]
     if unbounded:
         allowed = os.environ.get("CADUCEUS_ALLOW_UNBOUNDED") == "1"

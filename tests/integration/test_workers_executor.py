@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration import workers_user_tools
 from tests.integration.conftest_workers import cold_executor, require_bubblewrap, sandbox_processes
 from toolbox.hermes import tool_response_payload
 from toolbox.protocol import ToolCall, ToolResult
@@ -259,3 +260,24 @@ def test_results_are_cut_at_the_output_limit_in_process_too(tmp_path: Path) -> N
     assert cut.error is not None and cut.error.type == "output_truncated"
     assert len(tool_response_payload(cut)) < 1000
     assert fine.ok
+
+
+@pytest.mark.parametrize(("slots", "peak"), [(None, 6), (2, 2)])
+def test_an_executor_runs_at_most_max_concurrent_calls_at_once(
+    tmp_path: Path, slots: int | None, peak: int
+) -> None:
+    """The tool workers queue calls past ``max_concurrent_calls`` in the executor, in order."""
+
+    registry = ToolRegistry(trusted=["linger"])
+    registry.add_function("tests.integration.workers_user_tools:linger", isolation="trusted")
+    workers_user_tools.CONCURRENCY.update(now=0, peak=0)
+
+    async def main() -> list[ToolResult]:
+        sandbox = PooledSandbox("process", warm=0)
+        async with Executor(registry, sandbox=sandbox, scratch_root=tmp_path, max_concurrent=slots) as ex:
+            calls = [ex.execute(ToolCall(str(n), "linger", {"seconds": 0.2}), "c") for n in range(6)]
+            return list(await asyncio.gather(*calls))
+
+    results = asyncio.run(main())
+    assert all(result.ok for result in results), results
+    assert workers_user_tools.CONCURRENCY["peak"] == peak

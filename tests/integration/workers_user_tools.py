@@ -60,3 +60,23 @@ def my_cgroup_limits() -> dict[str, str]:
                 with contextlib.suppress(OSError):
                     found[controller] = Path(f"{mount}{path}/{name}").read_text().strip()
     return found
+
+
+CONCURRENCY = {"now": 0, "peak": 0}  # calls of ``linger`` running at once, in this process (trusted)
+
+
+def linger(seconds: float) -> int:
+    """Wait a while, counting the calls that run at once.
+
+    Args:
+        seconds: How long to wait.
+    """
+    import time  # noqa: PLC0415 (the other tools here need no clock)
+
+    CONCURRENCY["now"] += 1
+    CONCURRENCY["peak"] = max(CONCURRENCY["peak"], CONCURRENCY["now"])
+    try:
+        time.sleep(seconds)
+    finally:
+        CONCURRENCY["now"] -= 1
+    return CONCURRENCY["peak"]

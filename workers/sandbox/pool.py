@@ -93,7 +93,10 @@ class PooledSandbox:
     def first_use(self, task: Task) -> bool:
         """Whether ``task`` runs on the fleet (decided once, on the first task, for ``auto``)."""
         if self.binding == "auto":
-            self.binding = "first_use" if _can_clone_mounts(self.mechanism, task.scratch) else "at_start"
+            problem = binding_problem(self.mechanism, task.scratch)
+            if problem is not None:
+                log.warning("sandbox hosts are bound at their start, one conversation each: %s", problem)
+            self.binding = "first_use" if problem is None else "at_start"
         return self.binding == "first_use"
 
     async def run(self, task: Task) -> Outcome:
@@ -216,14 +219,13 @@ class PooledSandbox:
         self._ready.clear()
 
 
-def _can_clone_mounts(mechanism: Mechanism, scratch: Path) -> bool:
-    """Whether hosts can be bound at their first task: under bubblewrap, whether this worker may clone
-    the scratch directory's mount (the fleet's hosts receive it as a detached mount)."""
+def binding_problem(mechanism: Mechanism, scratch: Path) -> str | None:
+    """Why hosts cannot be bound at their first task here (``None`` when they can): under bubblewrap,
+    this worker must be able to clone the scratch directory's mount (hosts receive it detached)."""
     if mechanism != "bubblewrap":
-        return True
+        return None
     try:
         os.close(nest.detach(str(scratch)))
     except OSError as exc:
-        log.warning("sandbox hosts are bound at their start, one conversation each: %s", exc)
-        return False
-    return True
+        return f"this worker cannot clone mounts ({exc.strerror}; it needs CAP_SYS_ADMIN)"
+    return None

@@ -21,7 +21,7 @@ from orchestrator.api import create_app
 from orchestrator.engines import ScriptedEngine
 from orchestrator.loop import Agent
 from orchestrator.memory import FunctionExecutor
-from orchestrator.redis_store import RedisStore, RunQueue, connect
+from orchestrator.redis import RedisStore, RunQueue, connect
 from orchestrator.worker import Worker
 from toolbox.protocol import ToolSpec
 
@@ -93,7 +93,7 @@ class Service:
             agent = Agent(
                 ScriptedEngine(script), FunctionExecutor({"echo": lambda text: text, "pause": _pause}), store
             )
-            tasks.append(Worker(store, RunQueue(store, lease_ms=1000), agent).serve(self._stop))
+            tasks.append(Worker(store, RunQueue(store.link, lease_ms=1000), agent).serve(self._stop))
         try:
             await asyncio.gather(*tasks)
         finally:

@@ -16,7 +16,7 @@ from pydantic import TypeAdapter
 
 from orchestrator.errors import UNREADABLE_RUN, UnreadableRunError
 from orchestrator.ports import Checkpoint, RunSpec
-from orchestrator.redis_store import QUEUE, RedisStore, connect
+from orchestrator.redis import QUEUE, RedisStore, connect
 from tests.integration.conftest_api import A, api_client, sse, wait_for
 
 pytestmark = pytest.mark.integration

@@ -13,6 +13,7 @@ The spec is stored as JSON (``encode_spec``), and only once it is proven to read
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias, get_args
@@ -20,7 +21,8 @@ from typing import Any, Literal, TypeAlias, get_args
 from pydantic import TypeAdapter, ValidationError
 
 from orchestrator.errors import UnreadableRunError
-from orchestrator.ports import Checkpoint, EventKind, RunSpec
+from orchestrator.ports import CallSlot, Checkpoint, EventKind, Outcome, RunSpec
+from toolbox.protocol import ToolCall, ToolResult
 
 StoredStatus: TypeAlias = Literal["queued", "running", "finished", "failed"]
 RunStatus: TypeAlias = Literal["queued", "in_progress", "completed", "incomplete", "cancelled", "failed"]
@@ -31,6 +33,7 @@ FINAL_KINDS: frozenset[EventKind] = frozenset({"finished", "failed"})
 FINAL_STATUSES: frozenset[StoredStatus] = frozenset({"finished", "failed"})
 
 _SPEC: TypeAdapter[RunSpec] = TypeAdapter(RunSpec)
+_PREVIEW = 200  # characters of a tool's result that its event carries
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,31 @@ class Event:
     id: str
     kind: EventKind
     data: dict[str, Any]
+
+
+def call_data(slot: CallSlot, call: ToolCall) -> dict[str, Any]:
+    """What a ``tool_call`` event says, but its ``arguments`` (which a ``call_superseded`` event leaves
+    out)."""
+    return {"step": slot.step, "index": slot.index, "call_id": call.id, "name": call.name}
+
+
+def result_data(slot: CallSlot, result: ToolResult) -> dict[str, Any]:
+    """What a ``tool_result`` event says: the call, its outcome, and its error or the start of its content
+    as JSON."""
+    data = {"step": slot.step, "index": slot.index, "call_id": result.call_id, "name": result.name}
+    data["ok"] = result.ok
+    if result.error is not None:
+        return data | {"error": {"type": result.error.type, "message": _clip(result.error.message)}}
+    return data | {"content": _clip(json.dumps(result.content, ensure_ascii=False, default=str))}
+
+
+def finished_data(outcome: Outcome) -> dict[str, Any]:
+    """What a ``finished`` event says."""
+    return {"stop_reason": outcome.stop_reason, "steps": outcome.steps}
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _PREVIEW else text[: _PREVIEW - 1] + "…"
 
 
 def event_order(event_id: str) -> tuple[int, int]:

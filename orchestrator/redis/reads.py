@@ -16,8 +16,16 @@ from redis.asyncio import Redis
 from redis.typing import EncodableT
 
 from orchestrator.errors import UNREADABLE_RUN, RunNotFoundError, UnreadableRunError
-from orchestrator.ports import RunSpec
-from orchestrator.records import Event, RunRecord, StoredStatus, decode_spec, event_kind, stored_status
+from orchestrator.ports import Outcome, RunSpec
+from orchestrator.records import (
+    Event,
+    RunRecord,
+    StoredStatus,
+    decode_spec,
+    event_kind,
+    finished_data,
+    stored_status,
+)
 from orchestrator.redis import record as fields
 from orchestrator.redis.client import Link, translated
 from orchestrator.redis.keys import ID, Keys, check_id, runs_key, thread_key
@@ -91,7 +99,7 @@ class RedisReads:
         the check, so a worker that takes it later finds it finished; a held run hears of the request
         through its worker's heartbeat."""
         keys = Keys.of(tenant, run_id)
-        data = json.dumps({"stop_reason": "cancelled", "steps": 0})
+        data = json.dumps(finished_data(Outcome(run_id, "cancelled")))
         args: list[EncodableT] = [json.dumps(fields.cancelled()), data, EVENTS_MAXLEN, self.link.ttl_s]
         script_keys = [keys.run, keys.cancel, keys.lease, keys.events]
         found = await self.link.scripts.cancel(keys=script_keys, args=args)

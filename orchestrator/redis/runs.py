@@ -34,7 +34,7 @@ from orchestrator.ports import (
     RunSpec,
     StepCommit,
 )
-from orchestrator.records import StoredStatus, decode_spec
+from orchestrator.records import StoredStatus, call_data, decode_spec, finished_data, result_data
 from orchestrator.redis import record as fields
 from orchestrator.redis.client import Link
 from orchestrator.redis.keys import Keys, thread_key, thread_prefix
@@ -42,7 +42,6 @@ from toolbox.protocol import ToolCall, ToolResult, from_json, to_json
 
 EVENTS_MAXLEN = 10_000
 _STARTED = b'{"state":"started"'  # how a ledger entry of a call that never finished begins
-_PREVIEW = 200  # characters of a tool's result that its event carries
 #: What a worker starts a run from: its spec, its last checkpoint and its stored status.
 Loaded = tuple[RunSpec, Checkpoint, StoredStatus]
 
@@ -93,7 +92,7 @@ class RedisRunStore:
         self, spec: RunSpec, slot: CallSlot, call: ToolCall, delta: str = ""
     ) -> ToolResult | Interrupted | None:
         keys = Keys.of(spec.tenant, spec.run_id)
-        data = {"step": slot.step, "index": slot.index, "call_id": call.id, "name": call.name}
+        data = call_data(slot, call)
         started = {"state": "started", "name": call.name, "index": slot.index}
         args: list[EncodableT] = [
             self.link.worker,
@@ -116,14 +115,7 @@ class RedisRunStore:
 
     async def end_call(self, spec: RunSpec, slot: CallSlot, result: ToolResult) -> None:
         keys = Keys.of(spec.tenant, spec.run_id)
-        data = {
-            "step": slot.step,
-            "index": slot.index,
-            "call_id": result.call_id,
-            "name": result.name,
-            "ok": result.ok,
-        }
-        data |= _result_preview(result)
+        data = result_data(slot, result)
         args: list[EncodableT] = [
             self.link.worker,
             slot.entry,
@@ -189,19 +181,7 @@ async def load_run(link: Link, tenant: str, run_id: str, *, lease_ms: int = 0) -
 
 def _ending(outcome: Outcome) -> tuple[str, str]:
     """A finished run's record fields (JSON) and its ``finished`` event's data."""
-    data = json.dumps({"stop_reason": outcome.stop_reason, "steps": outcome.steps})
-    return json.dumps(fields.ending(outcome, time.time())), data
-
-
-def _result_preview(result: ToolResult) -> dict[str, Any]:
-    """What a ``tool_result`` event says of the result: its error, or the start of its content as JSON."""
-    if result.error is not None:
-        return {"error": {"type": result.error.type, "message": _clip(result.error.message)}}
-    return {"content": _clip(json.dumps(result.content, ensure_ascii=False, default=str))}
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= _PREVIEW else text[: _PREVIEW - 1] + "…"
+    return json.dumps(fields.ending(outcome, time.time())), json.dumps(finished_data(outcome))
 
 
 def _compact(data: dict[str, Any]) -> str:

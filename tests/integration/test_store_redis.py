@@ -478,3 +478,19 @@ def test_a_call_whose_executor_raises_ends_its_ledger_entry_before_the_run_fails
         assert entries[0]["error"]["type"] == "crashed" and "SandboxError" in entries[0]["error"]["message"]
 
     with_redis(redis_url, body)
+
+
+def test_a_record_written_before_records_named_their_thread_still_loads(redis_url: str) -> None:
+    """Older records have no ``thread`` field: a worker reads the run's thread with one more command."""
+
+    async def body(client: Redis) -> None:
+        store = RedisStore(client)
+        spec = await submit(store, thread="th-old")
+        await client.hdel(f"cad:t:acme:run:{spec.run_id}", "thread")
+        loaded, ckpt, status = await store.load(spec.tenant, spec.run_id)
+        assert (loaded, status, ckpt.turns) == (spec, "queued", await store.thread("acme", "th-old"))
+        assert len(ckpt.turns) == 1
+        outcome = await Agent(ScriptedEngine(["done"]), FunctionExecutor({}), store).run(loaded, ckpt)
+        assert outcome.stop_reason == "answer" and len(await store.thread("acme", "th-old")) == 2
+
+    with_redis(redis_url, body)

@@ -11,7 +11,8 @@ import pytest
 
 from orchestrator.ports import Checkpoint, RunSpec
 from orchestrator.redis import RedisStore, connect
-from tests.integration.conftest_api import A, api_client
+from tests.api_support import A
+from tests.integration.conftest_api import api_client
 from tests.integration.redis_monitor import received
 
 pytestmark = pytest.mark.integration

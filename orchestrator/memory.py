@@ -84,15 +84,8 @@ class MemoryStore:
         for key, count in step.repeats.items():
             counts[key] = counts.get(key, 0) + count
         self.steps.setdefault(ref, []).append(step.record)
-        self._update(
-            ref,
-            step=step.step + 1,
-            window_start=step.window_start,
-            json_retries=step.json_retries,
-            status="running",
-            prompt_tokens=(found[1].prompt_tokens if found else 0) + step.prompt_tokens,
-            completion_tokens=(found[1].completion_tokens if found else 0) + step.completion_tokens,
-        )
+        if found is not None:  # a run the loop runs without a submission has no record
+            self.records[ref] = (found[0], found[1].committed(step))
         self._emit(ref, "step", step.record)
         if step.outcome is not None:  # the run's last step carries its end (as the Redis store writes it)
             self._end(ref, step.outcome)

@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeAlias, get_args
 from pydantic import TypeAdapter, ValidationError
 
 from orchestrator.errors import UnreadableRunError
-from orchestrator.ports import CallSlot, Checkpoint, EventKind, Outcome, RunSpec
+from orchestrator.ports import CallSlot, Checkpoint, EventKind, Outcome, RunSpec, StepCommit
 from toolbox.protocol import ToolCall, ToolResult
 
 StoredStatus: TypeAlias = Literal["queued", "running", "finished", "failed"]
@@ -126,6 +126,18 @@ class RunRecord:
             json_retries=self.json_retries,
             repeats=dict(repeats),
             trace=dict(self.trace),
+        )
+
+    def committed(self, commit: StepCommit) -> RunRecord:
+        """The record once ``commit`` is in (what the Redis COMMIT script writes, field by field)."""
+        return dataclasses.replace(
+            self,
+            status="running",
+            step=commit.step + 1,
+            window_start=commit.window_start,
+            json_retries=commit.json_retries,
+            prompt_tokens=self.prompt_tokens + commit.prompt_tokens,
+            completion_tokens=self.completion_tokens + commit.completion_tokens,
         )
 
     def unreadable(self, error: str) -> RunRecord:

@@ -185,7 +185,3 @@ class Link:
     @classmethod
     def of(cls, redis: Redis, *, worker: str = "", ttl_s: int = DEFAULT_TTL_S) -> Link:
         return cls(redis, Batcher(redis), Scripts.on(redis), worker, ttl_s)
-
-    async def run(self, script: AsyncScript, keys: list[str], args: list[EncodableT]) -> Any:
-        """The script, batched with the others of this event-loop tick (``Batcher``)."""
-        return await self.batch.run(script, keys, args)

@@ -97,7 +97,7 @@ class RunQueue:
     async def _beat(self, claim: Claim) -> tuple[int, int]:
         keys = Keys.of(claim.tenant, claim.run_id)
         args: list[EncodableT] = [self.worker, self.lease_ms, GROUP, claim.entry]
-        held, cancel = await self.link.run(
+        held, cancel = await self.link.batch.run(
             self.link.scripts.heartbeat, [keys.lease, QUEUE, keys.cancel], args
         )
         return int(held), int(cancel)
@@ -110,7 +110,9 @@ class RunQueue:
         """The run is finished (or was already): remove it from the queue and release its lease, if this
         worker still holds the lease (atomically with the check). Returns whether it did."""
         keys = [QUEUE, Keys.of(claim.tenant, claim.run_id).lease]
-        return bool(await self.link.run(self.link.scripts.done, keys, [self.worker, GROUP, claim.entry]))
+        return bool(
+            await self.link.batch.run(self.link.scripts.done, keys, [self.worker, GROUP, claim.entry])
+        )
 
     async def release(self, claim: Claim) -> None:
         """Give the run back without finishing it (shutting down): another worker may take it at once."""

@@ -52,7 +52,7 @@ class RedisRunStore:
 
     def __init__(self, link: Link) -> None:
         self.link = link
-        self._scripts = link.scripts
+        self._batch, self._scripts = link.batch, link.scripts  # every write: no lookup more than needed
 
     @property
     def worker(self) -> str:
@@ -82,7 +82,7 @@ class RedisRunStore:
             *step.turns,
             *pairs,
         ]
-        done = await self.link.run(self._scripts.commit, keys.for_commit(), args)
+        done = await self._batch.run(self._scripts.commit, keys.for_commit(), args)
         if done == 0:
             raise LeaseLostError(f"run {spec.run_id}: lease lost before step {step.step} was committed")
         if done == -1:
@@ -104,7 +104,7 @@ class RedisRunStore:
             EVENTS_MAXLEN,
             _compact({"step": slot.step, "text": delta}) if delta else "",
         ]
-        reply = await self.link.run(self._scripts.begin_call, [keys.ledger, keys.events, keys.lease], args)
+        reply = await self._batch.run(self._scripts.begin_call, [keys.ledger, keys.events, keys.lease], args)
         if reply[0] == b"lost":
             raise LeaseLostError(f"run {spec.run_id}: lease lost before call {slot.entry} began")
         if reply[0] == b"new":
@@ -123,13 +123,13 @@ class RedisRunStore:
             json.dumps(data),
             EVENTS_MAXLEN,
         ]
-        if not await self.link.run(self._scripts.end_call, [keys.ledger, keys.events, keys.lease], args):
+        if not await self._batch.run(self._scripts.end_call, [keys.ledger, keys.events, keys.lease], args):
             raise LeaseLostError(f"run {spec.run_id}: lease lost before call {slot.entry} ended")
 
     async def emit(self, spec: RunSpec, kind: EventKind, data: dict[str, Any]) -> None:
         keys = Keys.of(spec.tenant, spec.run_id)
         args: list[EncodableT] = [self.link.worker, kind, _compact(data), EVENTS_MAXLEN]
-        if not await self.link.run(self._scripts.emit, [keys.events, keys.lease], args):
+        if not await self._batch.run(self._scripts.emit, [keys.events, keys.lease], args):
             raise LeaseLostError(f"run {spec.run_id}: lease lost before its {kind} event")
 
     async def finish(self, spec: RunSpec, outcome: Outcome) -> None:
@@ -137,7 +137,7 @@ class RedisRunStore:
         keys = Keys.of(spec.tenant, spec.run_id)
         ending, data = _ending(outcome)
         args: list[EncodableT] = [self.link.worker, ending, data, EVENTS_MAXLEN, self.link.ttl_s]
-        if not await self.link.run(self._scripts.finish, [keys.run, keys.events, keys.lease], args):
+        if not await self._batch.run(self._scripts.finish, [keys.run, keys.events, keys.lease], args):
             raise LeaseLostError(f"run {spec.run_id}: lease lost before it finished")
 
     async def fail(self, tenant: str, run_id: str, error: str) -> None:
@@ -153,7 +153,7 @@ class RedisRunStore:
             EVENTS_MAXLEN,
             self.link.ttl_s,
         ]
-        if not await self.link.run(self._scripts.fail, [keys.run, keys.events, keys.lease], args):
+        if not await self._batch.run(self._scripts.fail, [keys.run, keys.events, keys.lease], args):
             raise LeaseLostError(f"run {run_id}: lease lost before it was marked failed")
 
 
@@ -164,7 +164,7 @@ async def load_run(link: Link, tenant: str, run_id: str, *, lease_ms: int = 0) -
     keys = Keys.of(tenant, run_id)
     worker = link.worker if lease_ms else ""
     args: list[EncodableT] = [worker, lease_ms, thread_prefix(tenant)]
-    reply = await link.run(link.scripts.start, [keys.lease, keys.run, keys.repeats], args)
+    reply = await link.batch.run(link.scripts.start, [keys.lease, keys.run, keys.repeats], args)
     if not reply[0]:
         return None
     flat, turns, repeats, named = reply[1], reply[2], reply[3], reply[4]

@@ -65,7 +65,7 @@ class RedisSubmissions:
             *turns,
             *(part for pair in stored.items() for part in pair),
         ]
-        reply = await self.link.run(self.link.scripts.submit, _keys(spec, idempotency), args)
+        reply = await self.link.batch.run(self.link.scripts.submit, _keys(spec, idempotency), args)
         return _submitted(spec, record, reply)
 
 

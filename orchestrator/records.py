@@ -25,7 +25,7 @@ from orchestrator.ports import CallSlot, Checkpoint, EventKind, Outcome, RunSpec
 from toolbox.protocol import ToolCall, ToolResult
 
 StoredStatus: TypeAlias = Literal["queued", "running", "finished", "failed"]
-RunStatus: TypeAlias = Literal["queued", "in_progress", "completed", "incomplete", "cancelled", "failed"]
+RunStatus: TypeAlias = Literal["queued", "in_progress", "completed", "failed", "cancelled", "incomplete"]
 _STATUSES: dict[str, StoredStatus] = {status: status for status in get_args(StoredStatus)}
 _KINDS: dict[str, EventKind] = {kind: kind for kind in get_args(EventKind)}
 #: The events after which a run's stream has nothing more.

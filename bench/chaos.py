@@ -61,7 +61,7 @@ from deploy.local_redis import free_port
 from orchestrator.engines import Latency, ScriptedEngine
 from orchestrator.loop import Agent
 from orchestrator.ports import Limits
-from orchestrator.redis_store import SOCKET_TIMEOUT_S, RedisStore, RunQueue, connect
+from orchestrator.redis import SOCKET_TIMEOUT_S, RedisStore, RunQueue, connect
 from orchestrator.runs import first_checkpoint, new_run
 from orchestrator.worker import Worker
 from toolbox.protocol import ToolSpec
@@ -119,7 +119,7 @@ async def serve_worker(args: argparse.Namespace) -> None:
     async with Executor(
         tools, sandbox=sandbox, scratch_root=Path(args.scratch), scratch=settings
     ) as executor:
-        queue = RunQueue(store, lease_ms=args.lease_ms)
+        queue = RunQueue(store.link, lease_ms=args.lease_ms)
         await Worker(store, queue, Agent(engine, executor, store), concurrency=args.concurrency).serve(stop)
     await redis.aclose()
 
@@ -196,7 +196,7 @@ class Campaign:
         self.replicas = Replicas(self.redis.url, 2)
         rows: dict[str, dict[str, Any]] = {}
         try:
-            await RunQueue(RedisStore(self.client)).ensure_group()
+            await RunQueue(RedisStore(self.client).link).ensure_group()
             print(f"# workers and API replicas ready after {await self.ready():.1f} s", flush=True)
             for kind in self.args.faults:
                 rows[kind] = await self.phase(kind)

@@ -17,11 +17,12 @@ import httpx
 import uvicorn
 
 from orchestrator.api import create_app
-from orchestrator.redis_store import RedisStore, connect
+from orchestrator.records import FINAL_KINDS
+from orchestrator.redis import RedisStore, connect
 from toolbox.protocol import ToolSpec
 
 KEY = "chaos-key"
-FINAL = ("finished", "failed")
+FINAL: frozenset[str] = frozenset(FINAL_KINDS)
 
 
 async def serve_api(url: str, port: int, tenant: str, tools: list[ToolSpec]) -> None:

@@ -29,10 +29,11 @@ from redis.asyncio import Redis
 
 from orchestrator.calls import digest
 from orchestrator.ports import conversation_key
-from orchestrator.redis_store import Keys
+from orchestrator.records import FINAL_STATUSES
+from orchestrator.redis import Keys
 from toolbox.protocol import ToolCall
 
-FINAL = ("finished", "failed")
+FINAL: frozenset[str] = frozenset(FINAL_STATUSES)
 
 
 @dataclass

@@ -41,7 +41,7 @@ from orchestrator.engines import ScriptedEngine
 from orchestrator.loop import Agent
 from orchestrator.memory import FunctionExecutor
 from orchestrator.ports import Limits, RunSpec, StepCommit
-from orchestrator.redis_store import RedisStore
+from orchestrator.redis import RedisStore
 from orchestrator.runs import first_checkpoint, new_run
 from toolbox.hermes import parse, turn
 from toolbox.protocol import ToolSpec

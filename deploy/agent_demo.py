@@ -41,7 +41,7 @@ from orchestrator.ports import (
     Sampling,
     ToolExecutor,
 )
-from orchestrator.redis_store import RedisStore
+from orchestrator.redis import RedisStore
 from orchestrator.runs import first_checkpoint, new_run
 from toolbox.hermes import tool_response_payload
 from toolbox.protocol import ToolCall, ToolResult

@@ -55,7 +55,7 @@ from orchestrator.api.auth import parse_api_keys
 from orchestrator.engines import ModelRouter
 from orchestrator.loop import Agent
 from orchestrator.ports import Limits
-from orchestrator.redis_store import RedisStore, RunQueue, connect
+from orchestrator.redis import Link, RedisRunStore, RedisStore, RunQueue, connect
 from orchestrator.worker import Worker
 from toolbox.protocol import ToolCall, ToolResult, ToolSpec
 from workers.executor import Executor
@@ -138,10 +138,11 @@ class _Orchestrator:
         from deploy.serve_engine import ServeLLMEngine  # noqa: PLC0415 - imports vLLM's request types
 
         context = serve.get_replica_context()
-        self._store = RedisStore(_redis(config), worker=f"orchestrator-{context.replica_tag}")
+        link = Link.of(_redis(config), worker=f"orchestrator-{context.replica_tag}")
+        self._store = RedisRunStore(link)
         engine = ModelRouter({name: ServeLLMEngine(handle, name) for name, handle in llms.items()})
         agent = Agent(engine, RemoteTools(tools), self._store)
-        self._queue = RunQueue(self._store)
+        self._queue = RunQueue(link)
         self.worker = Worker(
             self._store, self._queue, agent, concurrency=config.orchestrator.max_concurrent_runs
         )
@@ -160,7 +161,7 @@ class _Orchestrator:
     async def __del__(self) -> None:
         self._stop.set()
         await asyncio.gather(self._task, return_exceptions=True)
-        await self._store.redis.aclose()
+        await self._store.link.redis.aclose()
 
 
 class _Api:

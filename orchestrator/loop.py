@@ -396,14 +396,7 @@ class Agent:
 
     async def _commit(self, spec: RunSpec, ckpt: Checkpoint, commit: StepCommit) -> None:
         await self._store.commit(spec, commit)
-        ckpt.step = commit.step + 1
-        ckpt.turns.extend(commit.turns)
-        ckpt.window_start = commit.window_start
-        ckpt.prompt_tokens += commit.prompt_tokens
-        ckpt.completion_tokens += commit.completion_tokens
-        ckpt.json_retries = commit.json_retries
-        for key, count in commit.repeats.items():
-            ckpt.repeats[key] = ckpt.repeats.get(key, 0) + count
+        ckpt.apply(commit)
 
     @staticmethod
     def _outcome(

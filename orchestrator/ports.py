@@ -29,6 +29,18 @@ StopReason: TypeAlias = Literal[
     "json_invalid",
     "context_overflow",
 ]
+#: What a run's events are (``RunStore.emit``, and the events the store writes itself): a closed set.
+EventKind: TypeAlias = Literal[
+    "delta",  # the model's text since the last delta (a live view; the committed turns are the record)
+    "tool_call",  # a call starts (its arguments)
+    "tool_result",  # a call ended (its outcome, the start of its content)
+    "call_superseded",  # a step sampled again put another call where a ledgered one stood
+    "step",  # a step was committed (its small record)
+    "compacted",  # the prompt's window moved on
+    "resumed",  # another worker took the run over
+    "finished",  # the run ended (its stop reason): its last event
+    "failed",  # the run failed through no fault of the model's: its last event
+]
 
 
 @dataclass(frozen=True)
@@ -170,6 +182,17 @@ class Checkpoint:
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def apply(self, commit: StepCommit) -> None:
+        """Move on past ``commit``, as the store does when it acknowledges the step."""
+        self.step = commit.step + 1
+        self.turns.extend(commit.turns)
+        self.window_start = commit.window_start
+        self.prompt_tokens += commit.prompt_tokens
+        self.completion_tokens += commit.completion_tokens
+        self.json_retries = commit.json_retries
+        for key, count in commit.repeats.items():
+            self.repeats[key] = self.repeats.get(key, 0) + count
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -251,6 +274,6 @@ class RunStore(Protocol):
 
     async def end_call(self, spec: RunSpec, slot: CallSlot, result: ToolResult) -> None: ...
 
-    async def emit(self, spec: RunSpec, kind: str, data: dict[str, Any]) -> None: ...
+    async def emit(self, spec: RunSpec, kind: EventKind, data: dict[str, Any]) -> None: ...
 
     async def finish(self, spec: RunSpec, outcome: Outcome) -> None: ...

@@ -48,6 +48,8 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from orchestrator.records import finished_status
+
 OPERATION = "gen_ai.operation.name"
 PROVIDER = "gen_ai.provider.name"
 CONVERSATION = "gen_ai.conversation.id"
@@ -245,7 +247,7 @@ def record_tool_refused(name: str, error_type: str) -> None:
 
 def record_run_end(stop_reason: str, steps: int) -> None:
     """A run ended (answered, stopped by a limit, or cancelled): counted by status and stop reason."""
-    status = {"answer": "completed", "cancelled": "cancelled"}.get(stop_reason, "incomplete")
+    status = finished_status(stop_reason)
     meters = _meters()
     meters.runs.add(1, {"status": status, STOP_REASON: stop_reason})
     meters.steps.record(steps)

@@ -32,7 +32,8 @@ from orchestrator.errors import (
 )
 from orchestrator.loop import Agent
 from orchestrator.ports import Checkpoint, RunSpec
-from orchestrator.redis_store import TRANSIENT, Claim, RedisStore, RunQueue
+from orchestrator.records import FINAL_STATUSES, StoredStatus, is_over
+from orchestrator.redis import TRANSIENT, Claim, RedisRunStore, RunQueue
 from orchestrator.tracing import record_queue_depth, record_run_failed, record_takeover
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class _Loop:
 class Worker:
     def __init__(
         self,
-        store: RedisStore,
+        store: RedisRunStore,
         queue: RunQueue,
         agent: Agent,
         *,
@@ -176,21 +177,22 @@ class Worker:
             await self._queue.done(claim)
 
     async def _start(self, claim: Claim, *, taken_over: bool) -> None:
+        status: StoredStatus | None
         try:
             loaded = await self._queue.start(claim)  # the lease and the run, in one round trip
             if loaded is None:
                 return  # a live worker holds this run
             spec, ckpt, status = loaded
         except RunNotFoundError:
-            status = "missing"  # expired, or lost with a Redis that restarted empty
+            status = None  # expired, or lost with a Redis that restarted empty
         except UnreadableRunError as exc:  # it can never run: it fails alone, and the worker goes on
             log.error("run %s of tenant %s cannot be loaded: %s", claim.run_id, claim.tenant, exc)
-            if exc.status not in ("finished", "failed"):
+            if exc.status not in FINAL_STATUSES:
                 record_run_failed()
                 await self._fail(claim, UNREADABLE_RUN)
                 return
             status = "failed"
-        if status in ("finished", "failed", "missing"):
+        if is_over(status):
             await self._queue.done(claim)
             return
         if taken_over:

@@ -1,4 +1,4 @@
-"""The REST API as a plain FastAPI application over the Redis run store.
+"""The REST API as a plain FastAPI application over the run store's ports (``orchestrator.store_ports``).
 
 ``create_app`` builds it; a Ray Serve ingress (in ``deploy``) or uvicorn serves it. Routes authenticate
 (API key -> tenant), rate-limit per key, and delegate to ``service`` in a line or two. Every run and
@@ -33,7 +33,7 @@ from orchestrator.api.models import (
 from orchestrator.api.service import Api
 from orchestrator.api.sse import check_event_id, sse_events
 from orchestrator.ports import Limits
-from orchestrator.redis_store import RedisStore
+from orchestrator.store_ports import ApiStore, Control
 from toolbox.protocol import ToolSpec
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: 'Authorization: Bearer <key>'")
@@ -58,7 +58,7 @@ Tenant = Annotated[str, Depends(_tenant)]
 
 
 def create_app(
-    store: RedisStore,
+    store: ApiStore,
     *,
     keys: Mapping[str, str],
     tools: Iterable[ToolSpec] = (),
@@ -72,7 +72,8 @@ def create_app(
 ) -> FastAPI:
     """The API. ``keys`` maps API keys to tenants; ``tools`` are what runs may name; ``models`` the
     model names accepted (the first is the default); ``limits`` the defaults a request may override;
-    ``constrained_models`` those whose runs decode under a grammar unless a request says otherwise."""
+    ``constrained_models`` those whose runs decode under a grammar unless a request says otherwise.
+    ``store`` is the run store (Redis in the service, ``MemoryStore`` in tests)."""
     if not models:
         raise ValueError("create_app needs at least one model name")
     api = Api(
@@ -93,14 +94,14 @@ def create_app(
     return app
 
 
-def _health_routes(app: FastAPI, store: RedisStore) -> None:
+def _health_routes(app: FastAPI, store: Control) -> None:
     @app.get("/healthz")
     async def healthz() -> Health:
         return Health()
 
     @app.get("/readyz")
     async def readyz() -> Health:
-        await store.ping()  # a Redis failure raises, and its handler answers 503
+        await store.ping()  # a store that fails raises a StoreError, and its handler answers 503
         return Health()
 
 

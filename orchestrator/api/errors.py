@@ -2,7 +2,8 @@
 every failure into it: a client never sees a stack trace or a raw validation dump.
 
 ``ApiError`` (under ``OrchestratorError``) is raised by the routes for what the client got wrong or may
-retry; validation errors name the field; Redis being down is a 503; anything else is a bare 500.
+retry; validation errors name the field; the store failing (a ``StoreError``) is a 503; anything else is a
+bare 500.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from orchestrator.errors import OrchestratorError
-from orchestrator.redis_store import UNAVAILABLE
+from orchestrator.errors import OrchestratorError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
-    for kind in UNAVAILABLE:
-        app.add_exception_handler(kind, _unavailable)
+    app.add_exception_handler(StoreError, _unavailable)  # what a store raises when it fails
     app.add_exception_handler(Exception, _internal)

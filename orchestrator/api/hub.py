@@ -1,15 +1,16 @@
 """One reader of run event streams per API process, whatever the number of clients that watch runs.
 
-Were each watcher to wait in a blocking read of its own, each would hold one of the process's pooled Redis
+Were each watcher to wait in a blocking read of its own, each would hold one of the process's pooled store
 connections for as long as it watches, and a few hundred watchers starve every other request. Here one
-task waits on every watched run's stream in one blocking XREAD on one connection, and hands each watcher
+task waits on every watched run's stream through one reader (the store's ``EventFeed``: on Redis, one
+blocking XREAD on one connection), and hands each watcher
 the events after the last one it was given. A run that has had nothing new for a while is looked at (one
 pipelined status read for all such runs) at most once per wait: once its record says it is over, what is
 left of its stream is read and its watchers are told that nothing more will come.
 
 The reader runs while anything is watched and gives its connection back when nothing is. A watcher that
-joins while the reader waits interrupts the wait, so that the next read covers it. Should Redis fail, every
-watcher hears of it (its stream ends; a client resumes with ``Last-Event-ID``) and the reader stops.
+joins while the reader waits interrupts the wait, so that the next read covers it. Should the store fail,
+every watcher hears of it (its stream ends; a client resumes with ``Last-Event-ID``) and the reader stops.
 """
 
 from __future__ import annotations
@@ -22,13 +23,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from orchestrator.errors import StoreError
-from orchestrator.redis_events import EventReader
-from orchestrator.redis_store import Event, RedisStore
+from orchestrator.records import Event, event_order, is_over
+from orchestrator.store_ports import EventFeed, EventReader, RunRef
 
 log = logging.getLogger(__name__)
 
-FINAL = frozenset({"finished", "failed"})
-Run = tuple[str, str]  # (tenant, run id)
+Run = RunRef
 
 
 class Over:
@@ -46,11 +46,6 @@ Item = list[Event] | Over | Broken
 OVER = Over()
 
 
-def _order(event_id: str) -> tuple[int, int]:
-    ms, _, seq = event_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
 @dataclass(eq=False)
 class Watcher:
     """One client's view of one run: what it was last given, and what it is given next."""
@@ -59,7 +54,7 @@ class Watcher:
     queue: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
 
     def give(self, events: list[Event]) -> None:
-        fresh = [event for event in events if _order(event.id) > _order(self.after)]
+        fresh = [event for event in events if event_order(event.id) > event_order(self.after)]
         if fresh:
             self.after = fresh[-1].id
             self.queue.put_nowait(fresh)
@@ -71,14 +66,14 @@ class _Watched:
     quiet_since: float = field(default_factory=time.monotonic)
 
     def position(self) -> str:
-        return min((w.after for w in self.watchers), key=_order)
+        return min((w.after for w in self.watchers), key=event_order)
 
 
 class EventHub:
     """Watch runs' event streams through one reader per process (``watch``)."""
 
-    def __init__(self, store: RedisStore, *, block_ms: int = 1000) -> None:
-        self._store, self._block_ms = store, block_ms
+    def __init__(self, feed: EventFeed, *, block_ms: int = 1000) -> None:
+        self._feed, self._block_ms = feed, block_ms
         self._runs: dict[Run, _Watched] = {}
         self._task: asyncio.Task[None] | None = None
         self._reader: EventReader | None = None
@@ -104,7 +99,7 @@ class EventHub:
 
     def _read_soon(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._read(EventReader(self._store)))
+            self._task = asyncio.create_task(self._read(self._feed.reader()))
         elif self._waking is None and self._reader is not None:
             self._waking = asyncio.create_task(self._wake(self._reader))
 
@@ -145,7 +140,7 @@ class EventHub:
 
     async def _check(self, reader: EventReader, quiet: list[Run], now: float) -> None:
         statuses = await reader.statuses(quiet)
-        over = [run for run, status in zip(quiet, statuses, strict=True) if status is None or status in FINAL]
+        over = [run for run, status in zip(quiet, statuses, strict=True) if is_over(status)]
         for run in quiet:
             if run in self._runs:
                 self._runs[run].quiet_since = now

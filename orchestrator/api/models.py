@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-RunStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled", "incomplete"]
+from orchestrator.records import RunStatus
+
 _ID = r"^[A-Za-z0-9_.-]{1,128}$"
 
 

@@ -17,11 +17,12 @@ from jsonschema.validators import validator_for
 
 from orchestrator.api.errors import ApiError, not_found
 from orchestrator.api.hub import EventHub
-from orchestrator.api.models import Message, Run, RunList, RunRequest, RunStatus, ThreadMessage, Usage
+from orchestrator.api.models import Message, Run, RunList, RunRequest, ThreadMessage, Usage
 from orchestrator.errors import RunNotFoundError, UnreadableRunError
 from orchestrator.ports import Limits, RunSpec, Sampling
-from orchestrator.redis_store import RedisStore, encode_spec
+from orchestrator.records import RunRecord, run_status
 from orchestrator.runs import first_checkpoint, new_run
+from orchestrator.store_ports import ApiStore, Submitted
 from toolbox.errors import SchemaError as BoundsError
 from toolbox.hermes import neutralize, turn
 from toolbox.protocol import ToolSpec
@@ -34,7 +35,7 @@ _TURN = re.compile(r"<\|im_start\|>([a-z]+)\n(.*?)<\|im_end\|>", re.DOTALL)
 class Api:
     """Everything the routes share: the store, the tools runs may use, the model names accepted."""
 
-    store: RedisStore
+    store: ApiStore
     hub: EventHub  # every run event stream this process serves is read through it
     tools: Mapping[str, ToolSpec]
     models: Sequence[str]
@@ -131,20 +132,9 @@ async def submit(api: Api, tenant: str, request: RunRequest, idempotency_key: st
     talk = _conversation(request)
     run_id = f"run_{uuid.uuid4().hex}"
     spec = _spec(api, tenant, request, talk, run_id, model=model, tools=tools)  # before anything is written
-    _readable(spec)
     if idempotency_key is not None and (not idempotency_key or len(idempotency_key) > 255):
         raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 characters")
-    # One round trip: the idempotency key, the thread's existence and claim, the record and the queue.
-    done = await api.store.submit(
-        spec,
-        first_checkpoint(spec, []),
-        talk.text,
-        earlier=talk.earlier,
-        extra={"model": model},  # the store stamps created_at, with the time that orders the tenant's runs
-        claim=True,
-        existing_thread=request.thread_id is not None,
-        idempotency=None if idempotency_key is None else (idempotency_key, fingerprint(request)),
-    )
+    done = await _submitted(api, spec, talk, request, idempotency_key)
     if done.kind == "created":
         return run_view(spec, done.record)
     if done.kind == "no_thread":
@@ -187,11 +177,23 @@ def _spec(
         raise ApiError(422, "validation_error", f"tool_choice: {exc}") from None
 
 
-def _readable(spec: RunSpec) -> None:
-    # A record that cannot be read back would fail every reader of it: prove it reads back before the
-    # idempotency key binds and anything is written.
+async def _submitted(
+    api: Api, spec: RunSpec, talk: _Conversation, request: RunRequest, idempotency_key: str | None
+) -> Submitted:
+    """The submission, in one write: the idempotency key, the thread's existence and claim, the record
+    (the store stamps its creation time, which orders the tenant's runs) and the queue entry. The store
+    renders and checks the spec: one that would not read back fails every reader of it, so it is refused
+    before the idempotency key binds and anything is written."""
     try:
-        encode_spec(spec)
+        return await api.store.submit(
+            spec,
+            first_checkpoint(spec, []),
+            talk.text,
+            earlier=talk.earlier,
+            claim=True,
+            existing_thread=request.thread_id is not None,
+            idempotency=None if idempotency_key is None else (idempotency_key, fingerprint(request)),
+        )
     except UnreadableRunError:
         raise ApiError(
             422,
@@ -206,32 +208,20 @@ def _sampling(request: RunRequest) -> Sampling:
     return Sampling(temperature=temperature, top_p=default.top_p, seed=request.seed)
 
 
-_STATUSES: dict[str, RunStatus] = {"queued": "queued", "running": "in_progress", "failed": "failed"}
-
-
-def _status(record: Mapping[str, str]) -> RunStatus:
-    status, reason = record.get("status", "queued"), record.get("stop_reason")
-    if status == "finished":
-        return "completed" if reason == "answer" else "cancelled" if reason == "cancelled" else "incomplete"
-    if status == "queued" and record.get("leased"):
-        return "in_progress"  # a worker took it; its first step is not committed yet
-    return _STATUSES.get(status, "in_progress")
-
-
-def run_view(spec: RunSpec, record: Mapping[str, str]) -> Run:
-    prompt, completion = int(record.get("prompt_tokens", 0)), int(record.get("completion_tokens", 0))
+def run_view(spec: RunSpec, record: RunRecord) -> Run:
+    prompt, completion = record.prompt_tokens, record.completion_tokens
     return Run(
         id=spec.run_id,
-        status=_status(record),
+        status=run_status(record),
         thread_id=spec.thread_id,
-        model=record.get("model", ""),
-        created_at=float(record.get("created_at", 0)),
-        finished_at=float(record["finished_at"]) if record.get("finished_at") else None,
-        stop_reason=record.get("stop_reason"),
-        output=record.get("output"),
-        value=json.loads(record.get("value", "null")),
-        error=record.get("error"),
-        steps=int(record.get("step", 0)),
+        model=record.model,
+        created_at=record.created_at,
+        finished_at=record.finished_at,
+        stop_reason=record.stop_reason,
+        output=record.output,
+        value=record.value,
+        error=record.error,
+        steps=record.step,
         usage=Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion),
     )
 

@@ -1,10 +1,10 @@
-"""Server-Sent Events: a run's event stream from Redis, resumable by event id.
+"""Server-Sent Events: a run's event stream from the store, resumable by event id.
 
-Each SSE ``id:`` is the Redis stream id of the event, so a client that reconnects with ``Last-Event-ID``
-gets exactly the events after it. The stream ends after the run's final event (``finished`` or
-``failed``); it starts with a comment line once the run is watched, and while nothing happens, a comment
-line now and then keeps proxies from closing it. Streams are read through the process's ``EventHub``: one
-Redis connection for every watcher.
+Each SSE ``id:`` is the store's id of the event (on Redis, its stream id), so a client that reconnects
+with ``Last-Event-ID`` gets exactly the events after it. The stream ends after the run's final event
+(``finished`` or ``failed``); it starts with a comment line once the run is watched, and while nothing
+happens, a comment line now and then keeps proxies from closing it. Streams are read through the process's
+``EventHub``: one reader (on Redis, one connection) for every watcher.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from orchestrator.api.errors import ApiError
-from orchestrator.api.hub import FINAL, Broken, EventHub, Over
-from orchestrator.redis_store import Event
+from orchestrator.api.hub import Broken, EventHub, Over
+from orchestrator.records import FINAL_KINDS, Event
 
 _STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 _IDLE_S = 1.0
@@ -60,7 +60,7 @@ async def run_events(
                 raise item.error
             for event in item:
                 yield event
-                if event.kind in FINAL:
+                if event.kind in FINAL_KINDS:
                     return
 
 

@@ -1,6 +1,7 @@
 """A real Caduceus API for tests: uvicorn on a free loopback port, serving ``create_app`` over a real
 redis-server, beside a real orchestrator worker (the scripted engine, in-process tools), both in one event
-loop on a background thread. Tests talk to it with httpx over TCP."""
+loop on a background thread. Tests talk to it with httpx over TCP. (The tests of HTTP behaviour alone run on
+the in-memory store instead: ``tests/unit/api_memory.py``.)"""
 
 from __future__ import annotations
 
@@ -21,21 +22,10 @@ from orchestrator.api import create_app
 from orchestrator.engines import ScriptedEngine
 from orchestrator.loop import Agent
 from orchestrator.memory import FunctionExecutor
-from orchestrator.redis_store import RedisStore, RunQueue, connect
+from orchestrator.redis import RedisStore, RunQueue, connect
 from orchestrator.worker import Worker
-from toolbox.protocol import ToolSpec
+from tests.api_support import ECHO, KEYS, PAUSE, A, frames
 
-KEYS = {"key-a": "acme", "key-b": "globex"}
-A = {"Authorization": "Bearer key-a"}
-B = {"Authorization": "Bearer key-b"}
-ECHO = ToolSpec(
-    "echo",
-    "Repeat text.",
-    {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
-)
-PAUSE = ToolSpec(
-    "pause", "Wait a while.", {"type": "object", "properties": {"s": {"type": "number"}}, "required": ["s"]}
-)
 _USER = re.compile(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", re.DOTALL)
 
 
@@ -93,7 +83,7 @@ class Service:
             agent = Agent(
                 ScriptedEngine(script), FunctionExecutor({"echo": lambda text: text, "pause": _pause}), store
             )
-            tasks.append(Worker(store, RunQueue(store, lease_ms=1000), agent).serve(self._stop))
+            tasks.append(Worker(store, RunQueue(store.link, lease_ms=1000), agent).serve(self._stop))
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -138,17 +128,7 @@ def wait_for(
 
 def sse(response: httpx.Response) -> Iterator[dict[str, str]]:
     """The frames of an SSE response, each as its fields."""
-    frame: dict[str, str] = {}
-    for line in response.iter_lines():
-        if not line:
-            if frame:
-                yield frame
-            frame = {}
-        elif not line.startswith(":"):
-            name, _, value = line.partition(":")
-            frame[name] = value.removeprefix(" ")
-    if frame:
-        yield frame
+    return frames(response.iter_lines())
 
 
 @contextmanager

@@ -14,7 +14,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from tests.integration.conftest_api import A, Service
+from tests.api_support import A
+from tests.integration.conftest_api import Service
 
 pytestmark = pytest.mark.integration
 

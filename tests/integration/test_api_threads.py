@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from orchestrator.ports import Checkpoint, RunSpec
-from orchestrator.redis_store import RedisStore, connect
-from tests.integration.conftest_api import A, api_client
+from orchestrator.redis import RedisStore, connect
+from tests.api_support import A
+from tests.integration.conftest_api import api_client
 from tests.integration.redis_monitor import received
 
 pytestmark = pytest.mark.integration
@@ -33,7 +34,7 @@ def test_one_run_at_a_time_per_thread_and_nothing_written_when_refused(redis_url
             assert (await submit("run_a", existing_thread=True)).kind == "no_thread"
             assert await client.exists(claim, "cad:t:acme:thread:t1", "cad:t:acme:run:run_a") == 0
             created = await submit("run_a")
-            assert (created.kind, created.run_id, created.record["status"]) == ("created", "run_a", "queued")
+            assert (created.kind, created.run_id, created.record.status) == ("created", "run_a", "queued")
             assert await client.ttl(claim) > 3600  # the claim lasts as long as the record
             busy = await submit("run_b", existing_thread=True)
             assert (busy.kind, busy.run_id) == ("busy", "run_a")

@@ -12,7 +12,8 @@ import httpx
 import pytest
 import redis
 
-from tests.integration.conftest_api import A, B, Service
+from tests.api_support import A, B
+from tests.integration.conftest_api import Service
 
 pytestmark = pytest.mark.integration
 

@@ -136,7 +136,7 @@ def test_an_engine_overflow_compacts_instead_of_failing_the_run(server: Server) 
             await engine.aclose()
 
     assert asyncio.run(main()).stop_reason == "answer"
-    assert [kind for kind, _ in store.events[spec.run_id]].count("compacted") >= 1
+    assert [e.kind for e in store.streams[spec.tenant, spec.run_id]].count("compacted") >= 1
     assert (
         "message 9" in server.requests[-1][1]["prompt"]
         and "message 0" not in server.requests[-1][1]["prompt"]

@@ -14,12 +14,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from orchestrator import redis_scripts
 from orchestrator.engines import ScriptedEngine
 from orchestrator.loop import Agent
 from orchestrator.memory import FunctionExecutor
 from orchestrator.ports import Limits
-from orchestrator.redis_store import RedisStore, RunQueue
+from orchestrator.redis import RedisStore, RunQueue
+from orchestrator.redis import scripts as redis_scripts
 from orchestrator.runs import first_checkpoint, new_run
 from tests.integration.redis_monitor import received
 from toolbox.hermes import turn
@@ -55,7 +55,7 @@ async def _one_run(redis_url: str, history: int, tag: str) -> tuple[Counter[str]
     client = Redis.from_url(redis_url)
     try:
         store = RedisStore(client, worker=f"w-{tag}")
-        queue = RunQueue(store)
+        queue = RunQueue(store.link)
         await queue.ensure_group()
         spec = new_run(
             tenant="budget", thread_id=f"t-{tag}", tools=[LOOKUP], limits=LIMITS, run_id=f"r-{tag}"

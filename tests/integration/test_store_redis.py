@@ -11,14 +11,14 @@ from typing import Any, TypeVar
 import pytest
 from redis.asyncio import Redis
 
-from orchestrator import redis_store
 from orchestrator.calls import digest
 from orchestrator.engines import Latency, ScriptedEngine
 from orchestrator.errors import LeaseLostError, RunNotFoundError
 from orchestrator.loop import Agent
 from orchestrator.memory import FunctionExecutor
 from orchestrator.ports import CallSlot, Chunk, CompletionRequest, Limits, Outcome, RunSpec, StepCommit
-from orchestrator.redis_store import QUEUE, RedisStore, RunQueue
+from orchestrator.records import RunRecord
+from orchestrator.redis import QUEUE, RedisStore, RunQueue, submissions
 from orchestrator.runs import first_checkpoint, new_run
 from orchestrator.worker import Worker
 from toolbox.protocol import ToolCall, ToolResult, ToolSpec
@@ -60,6 +60,12 @@ def with_redis(url: str, body: Callable[[Redis], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
+async def record_of(store: RedisStore, tenant: str, run_id: str) -> RunRecord:
+    found = await store.record(tenant, run_id)
+    assert found is not None, run_id
+    return found[1]
+
+
 async def submit(store: RedisStore, text: str = "count", **options: Any) -> RunSpec:
     spec = new_run(
         tenant=options.pop("tenant", "acme"), thread_id=options.pop("thread", "th-1"), tools=[INCR], **options
@@ -86,8 +92,8 @@ def test_a_run_persists_exact_turns_steps_events_and_ledger(redis_url: str) -> N
         assert events == sorted(events, key=lambda e: tuple(map(int, e.id.split("-"))))
         later = await store.events(spec.tenant, spec.run_id, after=events[3].id)
         assert later == events[4:]
-        record = await store.status(spec.tenant, spec.run_id)
-        assert (record["status"], record["stop_reason"], record["step"]) == ("finished", "answer", "3")
+        record = await record_of(store, spec.tenant, spec.run_id)
+        assert (record.status, record.stop_reason, record.step) == ("finished", "answer", 3)
         keys = sorted(k.decode() for k in await client.keys("*"))
         assert all(k.startswith("cad:t:acme:") for k in keys if k != QUEUE)
         ttls = [await client.ttl(k) for k in keys if k != QUEUE]
@@ -159,7 +165,7 @@ def test_a_worker_that_lost_its_lease_cannot_commit(redis_url: str) -> None:
 def test_workers_take_runs_from_the_queue_and_cancellation_reaches_them(redis_url: str) -> None:
     async def body(client: Redis) -> None:
         store = RedisStore(client, worker="w1")
-        queue = RunQueue(store, lease_ms=1000)
+        queue = RunQueue(store.link, lease_ms=1000)
         runs = [await submit(store, thread=f"th-{n}") for n in range(5)]
         slow = new_run(tenant="acme", thread_id="slow", tools=[INCR], limits=Limits(max_steps=1000))
         await store.submit(slow, first_checkpoint(slow, []), "slow")
@@ -179,8 +185,8 @@ def test_workers_take_runs_from_the_queue_and_cancellation_reaches_them(redis_ur
         stop.set()
         await serving
         for spec in runs:
-            assert (await store.status("acme", spec.run_id))["stop_reason"] == "answer"
-        assert (await store.status("acme", slow.run_id))["stop_reason"] == "cancelled"
+            assert (await record_of(store, "acme", spec.run_id)).stop_reason == "answer"
+        assert (await record_of(store, "acme", slow.run_id)).stop_reason == "cancelled"
         assert await client.xlen(QUEUE) == 0
 
     with_redis(redis_url, body)
@@ -189,18 +195,20 @@ def test_workers_take_runs_from_the_queue_and_cancellation_reaches_them(redis_ur
 def test_a_run_whose_engine_fails_is_marked_failed_and_leaves_the_queue(redis_url: str) -> None:
     async def body(client: Redis) -> None:
         store = RedisStore(client, worker="w1")
-        queue = RunQueue(store, lease_ms=1000)
+        queue = RunQueue(store.link, lease_ms=1000)
         spec = await submit(store)
         engine = ScriptedEngine([])  # an empty script: the first model call raises ScriptError
         worker = Worker(store, queue, Agent(engine, FunctionExecutor({}), store))
         stop = asyncio.Event()
         serving = asyncio.create_task(worker.serve(stop))
-        while (await store.status("acme", spec.run_id))["status"] != "failed":
+        while (await record_of(store, "acme", spec.run_id)).status != "failed":
             await asyncio.sleep(0.05)
         stop.set()
         await serving
-        record = await store.status("acme", spec.run_id)
-        assert record["error"].startswith("internal_error: ")  # ScriptError's text stays in the log
+        record = await record_of(store, "acme", spec.run_id)
+        assert record.error is not None and record.error.startswith(
+            "internal_error: "
+        )  # ScriptError's text stays in the log
         assert [e.kind for e in await store.events("acme", spec.run_id)] == ["failed"]
         assert await client.ttl(f"cad:t:acme:run:{spec.run_id}:events") > 0
         assert await client.xlen(QUEUE) == 0
@@ -240,7 +248,7 @@ def test_bytes_written_per_step_do_not_grow_with_the_history(redis_url: str) -> 
 def test_a_tenants_runs_are_indexed_newest_first_trimmed_and_expiring(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_store, "RUNS_INDEX_MAX", 3)
+    monkeypatch.setattr(submissions, "RUNS_INDEX_MAX", 3)
 
     async def body(client: Redis) -> None:
         store = RedisStore(client, ttl_s=3600)
@@ -251,7 +259,7 @@ def test_a_tenants_runs_are_indexed_newest_first_trimmed_and_expiring(
         assert ([spec.run_id for spec, _ in page], more) == (["r4", "r3"], True)
         page, more = await store.runs("acme", limit=2, after="r3")
         assert ([spec.run_id for spec, _ in page], more) == (["r2"], False)  # r0, r1: trimmed
-        assert float(page[0][1]["created_at"]) > 0
+        assert page[0][1].created_at > 0
         with pytest.raises(RunNotFoundError):
             await store.runs("acme", limit=2, after="o1")  # another tenant's run is no cursor here
         assert [spec.run_id for spec, _ in (await store.runs("other", limit=10))[0]] == ["o1"]
@@ -345,7 +353,7 @@ def test_a_different_call_after_a_take_over_runs_and_is_never_handed_the_old_res
 def test_a_worker_that_lost_its_lease_writes_nothing_for_the_run(redis_url: str) -> None:
     async def body(client: Redis) -> None:
         stale = RedisStore(client, worker="w1")
-        queue = RunQueue(stale)
+        queue = RunQueue(stale.link)
         await queue.ensure_group()
         spec = await submit(stale)
         [claim] = await queue.take(1, block_ms=100)
@@ -363,7 +371,7 @@ def test_a_worker_that_lost_its_lease_writes_nothing_for_the_run(redis_url: str)
             with pytest.raises(LeaseLostError):
                 await write
         assert not await queue.done(claim)
-        assert (await stale.status(spec.tenant, spec.run_id))["status"] == "queued"
+        assert (await record_of(stale, spec.tenant, spec.run_id)).status == "queued"
         assert await stale.events(spec.tenant, spec.run_id) == []
         assert not await client.exists(f"cad:t:acme:run:{spec.run_id}:ledger")
         assert (
@@ -394,14 +402,14 @@ def test_a_stale_worker_cannot_mark_a_live_run_failed_or_drop_its_queue_entry(re
         spec = await submit(store)
         lease = f"cad:t:acme:run:{spec.run_id}:lease"
         agent = Agent(TakenOverThenFailing(client, lease), FunctionExecutor({}), store)
-        worker = Worker(store, RunQueue(store, lease_ms=1000), agent)
+        worker = Worker(store, RunQueue(store.link, lease_ms=1000), agent)
         stop = asyncio.Event()
         serving = asyncio.create_task(worker.serve(stop))
         while await client.get(lease) != b"w2" or worker.running:
             await asyncio.sleep(0.02)
         stop.set()
         await serving
-        assert (await store.status("acme", spec.run_id))["status"] == "queued"
+        assert (await record_of(store, "acme", spec.run_id)).status == "queued"
         assert [e.kind for e in await store.events("acme", spec.run_id)] == []
         assert await client.xlen(QUEUE) == 1 and await client.get(lease) == b"w2"
 
@@ -433,8 +441,8 @@ def test_a_run_whose_last_step_is_committed_is_finished_and_never_sampled_again(
             await Agent(
                 ScriptedEngine(counting_script(1)), FunctionExecutor({"incr": lambda n: n}), store
             ).run(spec, ckpt)
-        status = await store.status(spec.tenant, spec.run_id)
-        assert (status["status"], status["stop_reason"], status["step"]) == ("finished", "answer", "2")
+        status = await record_of(store, spec.tenant, spec.run_id)
+        assert (status.status, status.stop_reason, status.step) == ("finished", "answer", 2)
         events = [event.kind for event in await store.events(spec.tenant, spec.run_id)]
         assert events.count("finished") == 1 and events[-1] == "finished"
         await RedisStore(client).finish(spec, Outcome(spec.run_id, "answer", steps=2))  # the late call
@@ -468,5 +476,21 @@ def test_a_call_whose_executor_raises_ends_its_ledger_entry_before_the_run_fails
         entries = [json.loads(v) for k, v in ledger.items() if b"@" not in k]
         assert len(entries) == 1 and entries[0]["kind"] == "tool_result"
         assert entries[0]["error"]["type"] == "crashed" and "SandboxError" in entries[0]["error"]["message"]
+
+    with_redis(redis_url, body)
+
+
+def test_a_record_written_before_records_named_their_thread_still_loads(redis_url: str) -> None:
+    """Older records have no ``thread`` field: a worker reads the run's thread with one more command."""
+
+    async def body(client: Redis) -> None:
+        store = RedisStore(client)
+        spec = await submit(store, thread="th-old")
+        await client.hdel(f"cad:t:acme:run:{spec.run_id}", "thread")
+        loaded, ckpt, status = await store.load(spec.tenant, spec.run_id)
+        assert (loaded, status, ckpt.turns) == (spec, "queued", await store.thread("acme", "th-old"))
+        assert len(ckpt.turns) == 1
+        outcome = await Agent(ScriptedEngine(["done"]), FunctionExecutor({}), store).run(loaded, ckpt)
+        assert outcome.stop_reason == "answer" and len(await store.thread("acme", "th-old")) == 2
 
     with_redis(redis_url, body)

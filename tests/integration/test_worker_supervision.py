@@ -22,7 +22,7 @@ from orchestrator.engines import Latency, ScriptedEngine
 from orchestrator.errors import UnhealthyError
 from orchestrator.loop import Agent
 from orchestrator.memory import FunctionExecutor
-from orchestrator.redis_store import SOCKET_TIMEOUT_S, RedisStore, RunQueue, connect
+from orchestrator.redis import SOCKET_TIMEOUT_S, RedisStore, RunQueue, connect
 from orchestrator.runs import first_checkpoint, new_run
 from orchestrator.worker import Backoff, Worker
 from toolbox.protocol import ToolSpec
@@ -118,7 +118,7 @@ async def with_worker(
     engine = ScriptedEngine(script or counting(1), latency=Latency(per_token_s=0.002))
     worker = Worker(
         store,
-        RunQueue(store, lease_ms=2000),
+        RunQueue(store.link, lease_ms=2000),
         Agent(engine, FunctionExecutor(tools or {"incr": lambda n: n}), store),
         backoff=Backoff(first_s=0.01, max_s=0.2),
     )
@@ -192,7 +192,9 @@ def test_a_dead_loop_makes_the_worker_unhealthy(redis_url: str) -> None:
         client = Redis.from_url(redis_url)
         store = RedisStore(client, worker="w1")
         worker = Worker(
-            store, BrokenQueue(store, lease_ms=400), Agent(ScriptedEngine([]), FunctionExecutor({}), store)
+            store,
+            BrokenQueue(store.link, lease_ms=400),
+            Agent(ScriptedEngine([]), FunctionExecutor({}), store),
         )
         stop = asyncio.Event()
         task = asyncio.create_task(worker.serve(stop))
@@ -209,7 +211,8 @@ def test_a_dead_loop_makes_the_worker_unhealthy(redis_url: str) -> None:
 
 
 async def status_is(store: RedisStore, run_id: str, stop_reason: str) -> bool:
-    return (await store.status("acme", run_id)).get("stop_reason") == stop_reason
+    found = await store.record("acme", run_id)
+    return found is not None and found[1].stop_reason == stop_reason
 
 
 async def every_loop_faulted(worker: Worker) -> bool:

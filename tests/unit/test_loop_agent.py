@@ -74,7 +74,7 @@ def test_answer_after_a_tool_call_with_append_only_prompts() -> None:
     )
     assert second == first + outputs[0] + "<|im_end|>\n" + tool_turn + "<|im_start|>assistant\n"
     assert [c.arguments for c in executor.calls] == [{"a": 2, "b": 3}]
-    assert [r["calls"] for r in store.steps[spec.run_id]] == [["add"], []]
+    assert [r["calls"] for r in store.steps[spec.tenant, spec.run_id]] == [["add"], []]
     assert all(request.session_id == "th1" for request in engine.requests)
 
 
@@ -164,7 +164,7 @@ def test_cancel_mid_generation() -> None:
     agent, _, _, store, spec, ckpt = setup(script, latency=Latency(per_token_s=0.005))
     outcome = run(agent, spec, ckpt, cancel)
     assert (outcome.stop_reason, outcome.steps) == ("cancelled", 0)
-    assert store.outcomes[spec.run_id].stop_reason == "cancelled"
+    assert store.outcomes[spec.tenant, spec.run_id].stop_reason == "cancelled"
 
 
 def test_cancel_mid_tool_stops_the_tool() -> None:
@@ -214,7 +214,7 @@ def test_compaction_keeps_the_system_prefix_and_recent_turns() -> None:
     )
     outcome = run(agent, spec, ckpt)
     assert outcome.stop_reason == "max_steps"
-    compactions = [data for kind, data in store.events[spec.run_id] if kind == "compacted"]
+    compactions = [e.data for e in store.streams[spec.tenant, spec.run_id] if e.kind == "compacted"]
     assert compactions
     last = engine.requests[-1].prompt
     assert last.startswith(spec.prefix) and "earlier turns of this conversation were omitted" in last
@@ -271,7 +271,7 @@ def test_a_step_sampled_again_replays_a_result_only_to_the_identical_call() -> N
     assert [made.arguments for made in executor.calls] == [{"a": 5, "b": 6}]
     tool_turn = engine.requests[1].prompt.split("<|im_start|>tool")[-1]
     assert '"content": 7' in tool_turn and '"content": 11' in tool_turn and '"content": 3' not in tool_turn
-    superseded = [data for kind, data in store.events[spec.run_id] if kind == "call_superseded"]
+    superseded = [e.data for e in store.streams[spec.tenant, spec.run_id] if e.kind == "call_superseded"]
     assert [(data["index"], data["superseded"]["state"]) for data in superseded] == [(1, "done")]
 
 
@@ -320,14 +320,14 @@ def test_a_cancellation_relayed_while_a_step_commits_ends_the_run_at_that_bounda
     engine, store, spec, running = swallowing_run(lease_lost=False)
     outcome = asyncio.run(running)
     assert (outcome.stop_reason, outcome.steps) == ("cancelled", 1)
-    assert len(engine.requests) == 1 and store.outcomes[spec.run_id].stop_reason == "cancelled"
+    assert len(engine.requests) == 1 and store.outcomes[spec.tenant, spec.run_id].stop_reason == "cancelled"
 
 
 def test_a_lease_lost_while_a_step_commits_ends_the_run_at_that_boundary() -> None:
     engine, store, spec, running = swallowing_run(lease_lost=True)
     with pytest.raises(LeaseLostError):
         asyncio.run(running)
-    assert len(engine.requests) == 1 and spec.run_id not in store.outcomes
+    assert len(engine.requests) == 1 and (spec.tenant, spec.run_id) not in store.outcomes
 
 
 def test_a_cancellation_that_the_step_swallows_still_ends_the_run() -> None:
@@ -409,7 +409,7 @@ def test_watchers_read_the_text_in_order_and_each_call_after_its_text() -> None:
     store = SlowFirstCallStore()
     agent = Agent(agent._engine, agent._executor, store)
     assert run(agent, spec, ckpt).stop_reason == "answer"
-    events = store.events[spec.run_id]
+    events = [(e.kind, e.data) for e in store.streams[spec.tenant, spec.run_id]]
     step0 = [
         (kind, data) for kind, data in events if data.get("step") == 0 and kind in ("delta", "tool_call")
     ]

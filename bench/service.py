@@ -70,22 +70,51 @@ def _config(ttft: float, per_token: float, runs: int) -> Any:
     )
 
 
-async def _submit(client: httpx.AsyncClient, task: dict[str, Any]) -> str:
-    response = await client.post("/v1/runs", json=task)
+class Clients:
+    """The load generator's HTTP clients: several small connection pools rather than one of 200
+    connections, whose bookkeeping (httpcore matches every waiting request against every connection)
+    made the generator itself take whole seconds of CPU per burst, from the service it measures."""
+
+    def __init__(self, url: str, key: str, connections: int, *, per_pool: int = 16) -> None:
+        headers = {"Authorization": f"Bearer {key}"}
+        limits = httpx.Limits(max_connections=per_pool)
+        pools = max(1, -(-connections // per_pool))
+        self._pools = [
+            httpx.AsyncClient(base_url=url, headers=headers, timeout=120, limits=limits) for _ in range(pools)
+        ]
+        self._next = 0
+
+    def pick(self) -> httpx.AsyncClient:
+        self._next = (self._next + 1) % len(self._pools)
+        return self._pools[self._next]
+
+    async def aclose(self) -> None:
+        for pool in self._pools:
+            await pool.aclose()
+
+
+def _cpu_ticks() -> int:
+    """All CPU time the machine spent working (not idle), in clock ticks."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4]  # less idle and iowait
+
+
+async def _submit(clients: Clients, task: dict[str, Any]) -> str:
+    response = await clients.pick().post("/v1/runs", json=task)
     if response.status_code != 202:
         raise SystemExit(f"submitting a run: HTTP {response.status_code}: {response.text[:500]}")
     run_id: str = response.json()["id"]
     return run_id
 
 
-async def _wait_all(client: httpx.AsyncClient, ids: list[str], timeout_s: float) -> list[dict[str, Any]]:
+async def _wait_all(clients: Clients, ids: list[str], timeout_s: float) -> list[dict[str, Any]]:
     """Every run once finished, read in pages of the run list: a few requests a second whatever the number
     of runs, so that watching the load adds next to none to it."""
     pending, done = set(ids), {}
     deadline = time.monotonic() + timeout_s
     while pending and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
-        for run in await _listed(client, len(ids)):
+        for run in await _listed(clients.pick(), len(ids)):
             if run["id"] in pending and run["status"] not in ("queued", "in_progress"):
                 done[run["id"]] = run
                 pending.discard(run["id"])
@@ -116,13 +145,14 @@ async def _steps(redis: Redis, run_id: str) -> list[dict[str, Any]]:
 
 async def _measure(url: str, key: str, redis_url: str, runs: int) -> dict[str, Any]:
     """The tool task (the headline figures), then the same load without tools (``*_no_tools``)."""
-    headers = {"Authorization": f"Bearer {key}"}
-    limits = httpx.Limits(max_connections=runs + 10)
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120, limits=limits) as client:
-        await _wait_all(client, [await _submit(client, TASK)], 300)  # warm: replicas, sandboxes, routers
-        result = await _load(client, redis_url, TASK, runs)
-        chat = await _load(client, redis_url, CHAT, runs)
-    keep = ("runs_per_s", "p50_s", "p99_s", "outside_s_per_run", "outside_share")
+    clients = Clients(url, key, runs)
+    try:
+        await _wait_all(clients, [await _submit(clients, TASK)], 300)  # warm: replicas, sandboxes, routers
+        result = await _load(clients, redis_url, TASK, runs)
+        chat = await _load(clients, redis_url, CHAT, runs)
+    finally:
+        await clients.aclose()
+    keep = ("runs_per_s", "p50_s", "p99_s", "outside_s_per_run", "outside_share", "loadgen_cpu_share")
     return result | {f"{name}_no_tools": chat[name] for name in keep} | await _sandboxed(runs)
 
 
@@ -163,15 +193,19 @@ async def _burst(tools: Any, prefix: str, calls: int) -> float:
     return round(calls / seconds, 1)
 
 
-async def _load(client: httpx.AsyncClient, redis_url: str, task: dict[str, Any], runs: int) -> dict[str, Any]:
-    ids = await asyncio.gather(*(_submit(client, task) for _ in range(runs)))
-    finished = await _wait_all(client, list(ids), 900)
+async def _load(clients: Clients, redis_url: str, task: dict[str, Any], runs: int) -> dict[str, Any]:
+    """``runs`` runs of ``task`` at once, and the share of the machine's CPU the generator took (this
+    process: the submissions, the polling, and the Ray driver that started the service, which is idle)."""
+    ticks, own = _cpu_ticks(), time.process_time()
+    ids = await asyncio.gather(*(_submit(clients, task) for _ in range(runs)))
+    finished = await _wait_all(clients, list(ids), 900)
+    share = (time.process_time() - own) * os.sysconf("SC_CLK_TCK") / max(1, _cpu_ticks() - ticks)
     redis = Redis.from_url(redis_url)
     try:
         steps = {run["id"]: await _steps(redis, run["id"]) for run in finished}
     finally:
         await redis.aclose()
-    return _figures(finished, steps)
+    return _figures(finished, steps) | {"loadgen_cpu_share": round(share, 3)}
 
 
 def _figures(finished: list[dict[str, Any]], steps: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

@@ -284,16 +284,18 @@ class CallGroup:
             self._oom_fd = -1
 
     def processes(self) -> list[int]:
-        found: set[int] = set()
-        for path in self.paths():
-            found.update(int(pid) for pid in _read(path / "cgroup.procs").split())
-        return sorted(found)
+        """The call's processes: those of one of its groups, since every process of a call is in each
+        (the host joins them all before anything forks, and a child stays where its parent is)."""
+        path = self.paths()[0]
+        return sorted(int(pid) for pid in _read(path / "cgroup.procs").split())
 
     def kill_all(self) -> None:
         """SIGKILL every process of the call, until none is left (a fork bomb keeps forking)."""
-        for path in self.paths():
-            with contextlib.suppress(OSError):
-                _write(path / "cgroup.kill", "1")  # cgroup v2, Linux 5.14 and later: all at once
+        for controller, path in self.dirs.items():
+            if self.versions.get(controller) == 2:
+                with contextlib.suppress(OSError):
+                    _write(path / "cgroup.kill", "1")  # Linux 5.14 and later: all at once
+                break  # one group holds every controller under v2
         for _ in range(_KILL_ROUNDS):
             victims = self.processes()
             if not victims:

@@ -25,7 +25,6 @@ import array
 import os
 import signal
 import socket
-import sys
 from typing import Any
 
 from workers import sandboxhost
@@ -40,9 +39,7 @@ def serve(config: dict[str, Any]) -> None:
     # Hosts whose intermediate process exited come back to the template, and the kernel reaps them.
     sandboxhost._prctl(_PR_SET_CHILD_SUBREAPER, 1)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    sys.stdout.buffer.write(b"ready\n")
-    sys.stdout.buffer.flush()
-    control.send(b"z")  # the kernel attaches the template's pid, as the worker sees it
+    control.send(b"z")  # ready; the kernel attaches the template's pid, as the worker sees it
     while asked := control.recv(256):
         for _ in asked:
             _fork(config, control)

@@ -224,9 +224,14 @@ def _out_of_memory(limits: Limits) -> Outcome:
 
 
 async def spawn(
-    launch: Launch, group: CallGroup | None, keep: tuple[int, ...] = ()
+    launch: Launch,
+    group: CallGroup | None,
+    keep: tuple[int, ...] = (),
+    *,
+    stdio: tuple[int, int, int] = (asyncio.subprocess.PIPE,) * 3,
 ) -> asyncio.subprocess.Process:
-    """Start a host (or a template) in ``group``, handing it the descriptors ``keep``."""
+    """Start a host (or a template) in ``group``, handing it the descriptors ``keep``; ``stdio``: its
+    stdin, stdout and stderr (pipes to this process unless given)."""
     argv = launch.argv
     if group is not None:
         # Join the cgroups before exec, so that bwrap and everything under it is counted.
@@ -243,9 +248,9 @@ async def spawn(
     try:
         return await asyncio.create_subprocess_exec(
             *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            stdin=stdio[0],
+            stdout=stdio[1],
+            stderr=stdio[2],
             env={},
             pass_fds=pass_fds,
             start_new_session=True,

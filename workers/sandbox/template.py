@@ -28,7 +28,7 @@ from pathlib import Path
 from workers.errors import SandboxStartError
 from workers.sandbox import nest
 from workers.sandbox.cgroup import CallGroup, CallGroups, dispose
-from workers.sandbox.host import START_TIMEOUT, Host, await_ready, children, new_group, spawn
+from workers.sandbox.host import START_TIMEOUT, Host, children, new_group, spawn
 from workers.sandbox.launch import HostSpec, build
 from workers.sandbox.policy import Mechanism
 
@@ -81,45 +81,89 @@ def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     return list(fds)
 
 
+class _Lines:
+    """The read end of a template's stderr: each line it (or a host of it) writes goes to the log."""
+
+    def __init__(self) -> None:
+        self._read, self.write_end = os.pipe()
+        os.set_blocking(self._read, False)
+        self._buffer = b""
+        self.last = "it exited"  # the last line, for a start that failed
+
+    def started(self) -> None:
+        """The template has its copy of the write end: watch the read end."""
+        os.close(self.write_end)
+        asyncio.get_running_loop().add_reader(self._read, self._drain)
+
+    def _drain(self) -> None:
+        try:
+            chunk = os.read(self._read, 65536)
+        except BlockingIOError:
+            return
+        if not chunk:  # every writer is gone
+            self.close()
+            return
+        *lines, self._buffer = (self._buffer + chunk).split(b"\n")
+        for line in lines:
+            self.last = line.decode(errors="replace").rstrip()
+            log.warning("sandbox template: %s", self.last)
+
+    def close(self) -> None:
+        if self._read >= 0:
+            with contextlib.suppress(ValueError, RuntimeError):
+                asyncio.get_running_loop().remove_reader(self._read)
+            os.close(self._read)
+            self._read = -1
+
+
 class Template:
     """A started template of one kind of host (``spec``: network, preloaded tools; no scratch)."""
 
-    def __init__(self, spec: HostSpec, process: asyncio.subprocess.Process, control: socket.socket) -> None:
+    def __init__(
+        self, spec: HostSpec, process: asyncio.subprocess.Process, control: socket.socket, errors: _Lines
+    ) -> None:
         self.spec = spec
         self.process = process
         self._control = control
+        self._errors = errors
         # Requests are pipelined: the template answers them in order, one reply (a socket) each.
         self._waiting: collections.deque[asyncio.Future[socket.socket]] = collections.deque()
-        self._drain = asyncio.ensure_future(self._log_stderr())
         self.pids: set[int] = {process.pid}  # its own processes (bwrap's among them), never a host's
 
     @classmethod
     async def start(cls, spec: HostSpec, mechanism: Mechanism, timeout: float = START_TIMEOUT) -> Template:
+        """Start the template; it is ready once it sends its first message. Its stderr (and its hosts')
+        goes to the log through a pipe of our own, not asyncio's: a subprocess's ``wait()`` waits for its
+        pipes to close too, and a host holding the template's stderr would make it wait for that host."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        errors = _Lines()
+        launch = build(spec, mechanism, control_fd=theirs.fileno())
+        quiet = asyncio.subprocess.DEVNULL
         try:
-            process = await spawn(
-                build(spec, mechanism, control_fd=theirs.fileno()), None, (theirs.fileno(),)
-            )
+            process = await spawn(launch, None, (theirs.fileno(),), stdio=(quiet, quiet, errors.write_end))
         except BaseException:
             ours.close()
+            os.close(errors.write_end)
+            errors.close()
             raise
         finally:
             theirs.close()
+        errors.started()
         ours.setblocking(False)
         try:
             async with asyncio.timeout(timeout):
-                await await_ready(process)
                 own = await _sender(ours)
         except BaseException as exc:
             ours.close()
+            errors.close()
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
             if isinstance(exc, TimeoutError):
                 raise SandboxStartError(f"sandbox template was not ready within {timeout} s") from exc
-            raise
-        template = cls(spec, process, ours)
+            raise SandboxStartError(f"sandbox template did not start: {errors.last}") from exc
+        template = cls(spec, process, ours, errors)
         template.pids = {process.pid, own, _parent(own)} - {0}
         return template
 
@@ -180,12 +224,6 @@ class Template:
             if not reply.done():
                 reply.set_exception(error)
 
-    async def _log_stderr(self) -> None:
-        """What the template or its hosts write to stderr (a traceback, if ever) goes to the log."""
-        assert self.process.stderr is not None
-        while line := await self.process.stderr.readline():
-            log.warning("sandbox template: %s", line.decode(errors="replace").rstrip())
-
     async def close(self) -> None:
         self._fail(SandboxStartError("the sandbox pool is closing"))
         self._control.close()  # the template exits at end of input; its warm hosts go with their sockets
@@ -194,8 +232,7 @@ class Template:
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
         await self.process.wait()
-        self._drain.cancel()  # hosts still finishing their task hold its stderr open
-        await asyncio.gather(self._drain, return_exceptions=True)
+        self._errors.close()
 
 
 class ForkedHost(Host):

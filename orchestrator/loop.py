@@ -10,9 +10,9 @@ is, and checked explicitly at every step boundary: a step task that swallowed it
 ``asyncio.wait_for`` does on Python 3.11 when the write it waits on has just completed) still ends the run
 there, never later.
 
-The prompt is append-only (HERMES.md rule 1): the prompt for step N+1 is the prompt for step N, plus the
-model's raw output, ``<|im_end|>``, the tool turn and the assistant cue, byte for byte; only a compaction
-(when the context window would overflow) starts a new prefix.
+The prompt is append-only (README, "The Hermes wire format"): the prompt for step N+1 is the prompt for step
+N, plus the model's raw output, ``<|im_end|>``, the tool turn and the assistant cue, byte for byte; only a
+compaction (when the context window would overflow) starts a new prefix.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ that reads and writes any of them as JSON. Messages carry their ChatML role as t
 
 - ``SystemMessage``, ``UserMessage``: text turns (untrusted text; it is neutralized when rendered).
 - ``AssistantMessage``: a model turn. ``raw`` holds the model's exact output; when present it is
-  replayed byte for byte, which keeps prompts append-only (HERMES.md rule 1).
+  replayed byte for byte, which keeps prompts append-only.
 - ``ToolMessage``: the results of one assistant turn's calls, rendered as one ``tool`` turn.
 - ``ToolCall``: a call the model asked for; ``arguments`` is always a JSON object.
 - ``ToolResult``: what a call returned: ``content`` (any JSON value) or a ``ToolError`` the model can

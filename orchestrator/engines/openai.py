@@ -2,8 +2,8 @@
 
 vLLM, Ray Serve LLM and llama.cpp's server all speak it. The prompt is sent as rendered (never through a
 chat template, which would re-render history and break the append-only prompt), with the Hermes stop
-strings, and with ``skip_special_tokens`` off so that ``<tool_call>`` survives detokenization (HERMES.md
-section 1). The thread id goes in the ``x-session-id`` header, which session-affinity routers use to keep a
+strings, and with ``skip_special_tokens`` off so that ``<tool_call>`` survives detokenization. The thread id
+goes in the ``x-session-id`` header, which session-affinity routers use to keep a
 conversation on the replica whose prefix cache holds it; the W3C ``traceparent`` header carries the
 run's trace. A request's decoding constraint goes in vLLM's ``structured_outputs`` option.
 """

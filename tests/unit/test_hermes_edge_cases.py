@@ -1,7 +1,7 @@
-"""Edge cases of reading model output: HERMES.md section 7, then our own.
+"""Edge cases of reading model output: the model cards' quirks, then our own.
 
 Each case is checked twice: by ``parse`` on the whole text and by the ``StreamParser`` fed one character
-at a time (streaming must equal batch, HERMES.md rule 3).
+at a time (streaming must equal batch).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Rendering prompts byte for byte (HERMES.md sections 1-5) and neutralizing untrusted text (rule 2)."""
+"""Rendering prompts byte for byte and neutralizing untrusted text."""
 
 from __future__ import annotations
 

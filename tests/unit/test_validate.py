@@ -1,4 +1,4 @@
-"""Argument validation with JSON Schema (HERMES.md rule 5)."""
+"""Argument validation with JSON Schema."""
 
 from __future__ import annotations
 

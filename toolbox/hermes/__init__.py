@@ -1,4 +1,4 @@
-"""The Hermes wire format (HERMES.md): render prompts, read model output, validate calls.
+"""The Hermes wire format (the README documents it): render prompts, read model output, validate calls.
 
 The public contract other parts rely on:
 

@@ -31,7 +31,7 @@ _NO_RESPONSE = ("<tool_response", "</tool_response")
 
 def tool_calls(tools: Sequence[ToolSpec], *, require: bool = False, single: bool = False) -> dict[str, Any]:
     """Free text or calls to ``tools`` (``require``: at least one call must be written; ``single``: the
-    turn ends with its first call). The free text may not fake a tool response (HERMES.md section 7)."""
+    turn ends with its first call). The free text may not fake a tool response."""
     if not tools:
         raise ValueError("a tool-call constraint needs at least one tool")
     tags = [

@@ -1,4 +1,4 @@
-"""JSON mode (HERMES.md section 5): the schema system prompt and checking the model's answer."""
+"""JSON mode: the schema system prompt and checking the model's answer."""
 
 from __future__ import annotations
 

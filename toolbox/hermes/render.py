@@ -1,4 +1,4 @@
-"""Rendering Hermes prompts (HERMES.md sections 1, 2 and 4), byte for byte.
+"""Rendering Hermes prompts (turns, tools, results: the README's wire format), byte for byte.
 
 Rendering is append-only: each turn renders on its own, from its own message, so the prompt for a longer
 conversation always starts with the prompt for a shorter one, and an assistant turn that carries the

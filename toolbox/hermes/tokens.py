@@ -1,7 +1,8 @@
 """The exact strings of the Hermes/ChatML wire format, and neutralization of untrusted text.
 
-Rule 2 of HERMES.md: text from users, tools or documents must never open a turn, close a tool response,
-or fake a call. ``neutralize`` breaks every control string in plain text with a zero-width space after
+The wire format's rule for untrusted text: text from users, tools or documents must never open a turn, close
+a tool response, or fake a call. ``neutralize`` breaks every control string in plain text with a zero-width
+space after
 its ``<``; ``neutralize_json`` escapes the same ``<`` as ``\\u003c`` inside JSON text, which is lossless
 (a JSON decoder gives back the original string) because ``<`` can only occur inside JSON strings.
 """
@@ -18,7 +19,7 @@ RESPONSE_OPEN, RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
 SCHEMA_OPEN, SCHEMA_CLOSE = "<schema>", "</schema>"
 SCRATCH_OPEN, SCRATCH_CLOSE = "<scratch_pad>", "</scratch_pad>"
 
-#: Stop strings for every generation request (HERMES.md section 1).
+#: Stop strings for every generation request (the README's wire format: a turn ends at either).
 STOP = (IM_END, IM_START)
 
 ZERO_WIDTH_SPACE = "\u200b"

@@ -32,6 +32,7 @@ from orchestrator.api.models import (
 )
 from orchestrator.api.service import Api
 from orchestrator.api.sse import check_event_id, sse_events
+from orchestrator.api.traced import Traced
 from orchestrator.ports import Limits
 from orchestrator.store_ports import ApiStore, Control
 from toolbox.protocol import ToolSpec
@@ -88,6 +89,7 @@ def create_app(
     app.state.keys, app.state.limiter = dict(keys), RateLimiter(rate_per_s, burst)
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(Traced)  # outermost: a refused body is a request too
     _health_routes(app, store)
     _run_routes(app, api)
     _chat_routes(app, api, chat_wait_s)

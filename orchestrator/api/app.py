@@ -8,11 +8,13 @@ thread is scoped to its tenant: another tenant's ids are simply not found (404, 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 
 from orchestrator.api import chat, errors, service
 from orchestrator.api.auth import RateLimiter, authenticate
@@ -93,6 +95,8 @@ def create_app(
     _health_routes(app, store)
     _run_routes(app, api)
     _chat_routes(app, api, chat_wait_s)
+    # The run inspector: static files that call the routes above with the caller's own API key.
+    app.mount("/ui", StaticFiles(directory=Path(__file__).parent / "ui", html=True), name="ui")
     return app
 
 

@@ -291,7 +291,7 @@ COMPUTE = {
     "tool_choice": ["calculator", "none"],
     "constrained": True,
     "temperature": 0,
-    "limits": {"max_steps": 2, "max_tokens": 32},
+    "limits": {"max_steps": 2, "max_tokens": 64},
 }
 #: A constrained turn cut off after five tokens, inside the call its grammar forces: the block never
 #: closes, so the call is malformed (a tool call that failed), and one step is all the run may take.

@@ -42,7 +42,8 @@ function statusCell(status) {
 
 function runRow(run) {
   const row = el("tr", null, { "data-run": run.id });
-  const open = el("button", run.id, { type: "button", "aria-label": `Open run ${run.id}` });
+  const short = run.id.length > 16 ? `${run.id.slice(0, 16)}…` : run.id;
+  const open = el("button", short, { type: "button", title: run.id, "aria-label": `Open run ${run.id}` });
   open.addEventListener("click", () => openRun(run.id));
   const first = el("td");
   first.append(open);
@@ -134,6 +135,7 @@ function onEvent(kind, data) {
       result.textContent = data.ok ? `-> ${data.content}` : `error ${data.error.type}: ${data.error.message}`;
     }
   } else if (kind === "step") {
+    $("text").textContent += "\n";
     addStep(data);
     refreshRun();
   } else if (kind === "finished" || kind === "failed") {

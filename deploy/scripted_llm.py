@@ -101,7 +101,7 @@ class ScriptedLLMEngine(CompletionsOnlyEngine):
         reply = CompletionReply(self._model)
         headers = getattr(raw_request_info, "headers", None)
         attributes = {REQUEST_MODEL: self._model, REQUEST_MAX_TOKENS: ours.max_tokens}
-        with self._tracing.served(LLM_REQUEST_SPAN, headers, attributes) as span:
+        with self._tracing.served(LLM_REQUEST_SPAN, headers, attributes, current=False) as span:
             started, chunks = time.monotonic(), list[Chunk]()
             async for chunk in engine.stream(ours):
                 if not chunks:

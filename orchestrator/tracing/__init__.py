@@ -33,7 +33,7 @@ Names follow the GenAI conventions where they exist; the rest are ``caduceus.*``
 
 ``outcome`` is ``ok`` or the ``ToolError`` type; a run's ``status`` is ``completed`` (it answered),
 ``cancelled``, ``incomplete`` (a limit stopped it) or ``failed``. vLLM's own metrics (time to first token,
-prefix-cache queries and hits, tokens) reach Prometheus through Ray's metrics agent as ``ray_vllm:*``.
+prefix-cache queries and hits, tokens) reach Prometheus through Ray's metrics agent as ``ray_vllm_*``.
 """
 
 from __future__ import annotations
@@ -170,13 +170,30 @@ class Tracing:
 
     @contextmanager
     def served(
-        self, name: str, carrier: Mapping[str, str] | None, attributes: Mapping[str, Any]
+        self,
+        name: str,
+        carrier: Mapping[str, str] | None,
+        attributes: Mapping[str, Any],
+        *,
+        current: bool = True,
     ) -> Iterator[Span]:
-        """A deployment's side of a call made to it with ``carrier`` (the caller's span's context)."""
-        with self._tracer.start_as_current_span(
+        """A deployment's side of a call made to it with ``carrier`` (the caller's span's context).
+        ``current=False`` for a span held open across the yields of a stream: it is then not made the
+        current span of whoever iterates the stream."""
+        span = self._tracer.start_span(
             name, context=_parent(carrier), kind=SpanKind.SERVER, attributes=dict(attributes)
-        ) as span:
+        )
+        if current:
+            with trace.use_span(span, end_on_exit=True):
+                yield span
+            return
+        try:
             yield span
+        except BaseException as exc:
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+        finally:
+            span.end()
 
     @contextmanager
     def agent(self, run_id: str, conversation: str, carrier: dict[str, str]) -> Iterator[Span]:

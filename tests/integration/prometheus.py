@@ -109,13 +109,15 @@ def series(client: httpx.Client, expr: str, start: float, end: float) -> list[di
     return found
 
 
-_NAME = re.compile(r"\b([a-zA-Z_][a-zA-Z0-9_:]*)(?=\s*[\[{])")
-_SUFFIX = re.compile(r"_(bucket|count|sum)$")
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*(?![a-zA-Z0-9_:]|\s*\()")
+_SUFFIX = re.compile(r"_(bucket|count|sum|total)$")
 
 
 def metric_names(expr: str) -> list[str]:
-    """The metric names a query selects (each is followed by ``{`` or ``[``)."""
-    return [name for name in _NAME.findall(expr) if name not in ("by", "le")]
+    """The metric names a query selects: its identifiers that call nothing, once label matchers, ranges
+    and ``by (...)`` clauses are left out."""
+    bare = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\bby \([^)]*\)", "", expr)
+    return _NAME.findall(bare)
 
 
 def unit_of(expr: str, types: dict[str, str]) -> str:

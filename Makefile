@@ -14,7 +14,7 @@ UV_SYNC := $(UV) pip sync --python $(BIN)/python --require-hashes --find-links $
 # The stamp names a hash of the lock and of pyproject.toml, so a new lock or entry point reinstalls.
 STAMP := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test demo check lint typecheck imports pytest install sync lock envcheck clean bench bench-parse bench-chaos bench-engine bench-affinity bench-loop bench-service bench-sandbox helm-check
+.PHONY: test demo check lint typecheck imports pytest install sync lock envcheck system-packages clean bench bench-parse bench-chaos bench-engine bench-affinity bench-loop bench-service bench-sandbox helm-check
 
 install: $(STAMP)
 
@@ -76,8 +76,20 @@ typecheck:
 imports:
 	$(BIN)/lint-imports
 
-pytest:
+pytest: system-packages
 	$(BIN)/python -m pytest -m 'not gpu'
+
+# Debian's packages the tests run for real: Prometheus (the dashboard's queries are evaluated against it)
+# and Chromium (the run inspector page, driven by Playwright through its executable path). Installed only
+# when missing, quietly; CI runs as root on a fresh Debian machine.
+SYSTEM_PACKAGES := prometheus chromium
+APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
+system-packages:
+	@missing="$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done)"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages the tests need: $$missing"; \
+		$(APT) update -qq >/dev/null && $(APT) install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 demo: envcheck
 	$(BIN)/caduceus demo

@@ -49,13 +49,16 @@ from deploy.presets import (
     deployment_config,
     llm_config,
 )
-from orchestrator import tracing
+from deploy.telemetry import TELEMETRY_KEY, ToolTelemetry
+from deploy.telemetry import settings as telemetry_settings
+from deploy.telemetry import start as start_telemetry
 from orchestrator.api import create_app
 from orchestrator.api.auth import parse_api_keys
 from orchestrator.engines import ModelRouter
 from orchestrator.loop import Agent
 from orchestrator.ports import Limits
 from orchestrator.redis import Link, RedisRunStore, RedisStore, RunQueue, connect
+from orchestrator.tracing import carrier
 from orchestrator.worker import Worker
 from toolbox.protocol import ToolCall, ToolResult, ToolSpec
 from workers.executor import Executor
@@ -93,17 +96,26 @@ class _ToolWorkers:
     """Runs tool calls in sandboxes (the configured tool set), each in its conversation's scratch dir."""
 
     async def __init__(  # type: ignore[misc]  # Serve awaits it
-        self, tools: str = "builtin", spare_hosts: int = 4, max_concurrent_calls: int = 16
+        self,
+        tools: str = "builtin",
+        spare_hosts: int = 4,
+        max_concurrent_calls: int = 16,
+        telemetry: Mapping[str, Any] | None = None,
     ) -> None:
+        self._telemetry = start_telemetry("tools", telemetry)
         registry = demo_registry(narrow=True) if tools == "demo" else builtin_registry()
         sandbox = create_sandbox(preload=registry.sandbox_modules(), spare=spare_hosts)
         self._executor = Executor(registry, sandbox=sandbox, max_concurrent=max_concurrent_calls)
+        self._traced = ToolTelemetry(self._executor, sandbox)
 
     async def specs(self) -> list[ToolSpec]:
         return self._executor.specs()
 
-    async def execute(self, call: ToolCall, conversation: str) -> ToolResult:
-        return await self._executor.execute(call, conversation)
+    async def execute(
+        self, call: ToolCall, conversation: str, trace: Mapping[str, str] | None = None
+    ) -> ToolResult:
+        """Run ``call`` in ``conversation``'s sandbox; ``trace``: the caller's span's context."""
+        return await self._traced.execute(call, conversation, trace)
 
     async def keep_spare(self, spare: int) -> int:
         """Keep ``spare`` sandbox hosts ready from now on and wait until they are (before a known burst;
@@ -112,6 +124,8 @@ class _ToolWorkers:
 
     async def __del__(self) -> None:
         await self._executor.close()
+        if self._telemetry is not None:
+            self._telemetry.close()
 
 
 class RemoteTools:
@@ -121,7 +135,8 @@ class RemoteTools:
         self._handle = handle
 
     async def execute(self, call: ToolCall, conversation: str = "default") -> ToolResult:
-        result: ToolResult = await self._handle.execute.remote(call, conversation)
+        # The trace context goes with the call: the tool worker's span joins the run's trace.
+        result: ToolResult = await self._handle.execute.remote(call, conversation, carrier())
         return result
 
 
@@ -133,8 +148,7 @@ class _Orchestrator:
         self, args: Mapping[str, Any], llms: Mapping[str, DeploymentHandle], tools: DeploymentHandle
     ) -> None:
         config = load_config(dict(args), source="serve args")
-        if config.otlp_endpoint:
-            tracing.configure(otlp_endpoint=config.otlp_endpoint)
+        self._telemetry = start_telemetry("orchestrator", _telemetry(config))
         from deploy.serve_engine import ServeLLMEngine  # noqa: PLC0415 - imports vLLM's request types
 
         context = serve.get_replica_context()
@@ -162,6 +176,8 @@ class _Orchestrator:
         self._stop.set()
         await asyncio.gather(self._task, return_exceptions=True)
         await self._store.link.redis.aclose()
+        if self._telemetry is not None:
+            self._telemetry.close()
 
 
 class _Api:
@@ -171,6 +187,7 @@ class _Api:
         self, args: Mapping[str, Any], orchestrator: DeploymentHandle, tools: DeploymentHandle
     ) -> None:
         self._config = load_config(dict(args), source="serve args")
+        self._telemetry = start_telemetry("api", _telemetry(self._config))
         # The orchestrator's handle is not called: binding it is what makes Serve deploy the orchestrators
         # as part of this application.
         self._orchestrator, self._tools = orchestrator, tools
@@ -197,19 +214,26 @@ Orchestrator: Any = serve.deployment(name="Orchestrator")(_Orchestrator)
 Api: Any = serve.deployment(name="Api")(serve.ingress()(_Api))
 
 
+def _telemetry(config: ServiceConfig) -> dict[str, Any]:
+    return telemetry_settings(config.otlp_endpoint, config.telemetry)
+
+
 def _context_window(model: ModelConfig) -> int:
     if model.max_model_len:
         return model.max_model_len
     return PRESETS[model.preset].max_model_len if model.preset else CPU_CONTEXT
 
 
-def llm_deployment(model: ModelConfig) -> Application:
+def llm_deployment(model: ModelConfig, telemetry: Mapping[str, Any] | None = None) -> Application:
     """The model's ``LLMServer`` deployment: its preset's layout (or a CPU layout) and serving knobs, the
-    configured replica bounds, every placement bundle pinned to the model's Ray resource, and the engine."""
+    configured replica bounds, every placement bundle pinned to the model's Ray resource, and the engine.
+    ``telemetry`` (``deploy.telemetry.settings``): vLLM sends its request spans to its ``otlp_endpoint``;
+    the scripted engine records its own."""
     from ray.serve.llm import build_llm_deployment  # noqa: PLC0415 - see the module's docstring
 
+    endpoint = (telemetry or {}).get("otlp_endpoint")
     if model.device == "cpu":
-        return build_llm_deployment(cpu_config(model), name_prefix=LLM_PREFIX)
+        return build_llm_deployment(_vllm_traced(cpu_config(model), endpoint), name_prefix=LLM_PREFIX)
     assert model.preset is not None  # the config requires one on GPUs
     p = PRESETS[model.preset]
     if model.max_model_len:
@@ -229,10 +253,22 @@ def llm_deployment(model: ModelConfig) -> Application:
     if model.engine == "scripted":
         from deploy.scripted_llm import LATENCY_KEY, ScriptedLLMEngine  # noqa: PLC0415
 
-        overrides["experimental_configs"] = {LATENCY_KEY: model.scripted_latency.model_dump()}
+        overrides["experimental_configs"] = {
+            LATENCY_KEY: model.scripted_latency.model_dump(),
+            TELEMETRY_KEY: dict(telemetry or {}),
+        }
         bind["engine_cls"] = ScriptedLLMEngine
-    config = llm_config(p, **overrides)
+        config = llm_config(p, **overrides)
+    else:
+        config = _vllm_traced(llm_config(p, **overrides), endpoint)
     return build_llm_deployment(config, name_prefix=LLM_PREFIX, bind_kwargs=bind)
+
+
+def _vllm_traced(config: Any, endpoint: str | None) -> Any:
+    """``config`` with vLLM's request spans (``llm_request``, in the caller's trace) sent to ``endpoint``."""
+    if endpoint:
+        config.engine_kwargs = {**config.engine_kwargs, "otlp_traces_endpoint": endpoint}
+    return config
 
 
 def cpu_config(model: ModelConfig) -> Any:
@@ -260,7 +296,7 @@ def _serving(model: ModelConfig, p: Preset) -> dict[str, Any]:
 def build_app(args: Mapping[str, Any] | None = None) -> Application:
     """The whole service as one Ray Serve application, from the ``args`` document."""
     config = load_config(dict(args or {}), source="serve args")
-    llms = {model.served_name: llm_deployment(model) for model in config.models}
+    llms = {model.served_name: llm_deployment(model, _telemetry(config)) for model in config.models}
     workers = config.tool_workers
     # Calls past max_concurrent_calls wait in the replica, in order (the executor's slots), not in Serve's
     # router: a router whose replicas are full retries two requests at a time with backoff (up to 0.5 s),
@@ -271,7 +307,7 @@ def build_app(args: Mapping[str, Any] | None = None) -> Application:
             max_ongoing_requests=_QUEUED_CALLS,
             autoscaling_config=_scaling(workers.replicas.min, workers.replicas.max),
         )
-    ).bind(workers.tools, workers.spare_hosts, workers.max_concurrent_calls)
+    ).bind(workers.tools, workers.spare_hosts, workers.max_concurrent_calls, _telemetry(config))
     # A queue consumer serves no requests for Serve to count: it scales on the queue's depth instead.
     with warnings.catch_warnings():
         # Ray 2.60 calls metrics_interval_s deprecated in favour of environment variables it does not

@@ -158,6 +158,17 @@ class RedisConfig(_Strict):
     password_env: str | None = Field(None, min_length=1)
 
 
+class TelemetryConfig(_Strict):
+    """``export_interval_s``: how often each replica pushes its metrics over OTLP (``otlp_endpoint``), and
+    the longest its spans wait in a batch. ``prometheus_targets``: a directory where every replica that
+    records metrics serves them for Prometheus on a free loopback port of its own and writes a
+    ``file_sd_configs`` target file naming it (one machine: ``caduceus serve``, tests); on a cluster the
+    chart's collector serves them instead (``otlp_endpoint``)."""
+
+    export_interval_s: float = Field(15.0, gt=0, le=300)
+    prometheus_targets: str | None = Field(None, min_length=1)
+
+
 class ServiceConfig(_Strict):
     api: ApiConfig = ApiConfig()
     models: list[ModelConfig] = Field(
@@ -168,6 +179,7 @@ class ServiceConfig(_Strict):
     redis: RedisConfig = RedisConfig()
     api_keys_env: str = Field("CADUCEUS_API_KEYS", min_length=1)
     otlp_endpoint: str | None = Field(None, min_length=1)
+    telemetry: TelemetryConfig = TelemetryConfig()
     model_cache_dir: str | None = Field(None, min_length=1)
 
     @model_validator(mode="after")

@@ -16,13 +16,23 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import AsyncGenerator
 from typing import Any
 
 from deploy.llm_engine_base import CompletionReply, CompletionsOnlyEngine
+from deploy.telemetry import TELEMETRY_KEY
+from deploy.telemetry import start as start_telemetry
 from orchestrator.engines.scripted import Latency, ScriptedEngine
-from orchestrator.ports import CompletionRequest, Sampling
+from orchestrator.ports import Chunk, CompletionRequest, Sampling
+from orchestrator.tracing import Tracing, record_usage
+from orchestrator.tracing.names import (
+    LLM_REQUEST_SPAN,
+    REQUEST_MAX_TOKENS,
+    REQUEST_MODEL,
+    TIME_TO_FIRST_TOKEN,
+)
 from toolbox.hermes import STOP
 
 EXPRESSION = "17 * 23"
@@ -71,6 +81,9 @@ class ScriptedLLMEngine(CompletionsOnlyEngine):
         latency = dict(llm_config.experimental_configs.get(LATENCY_KEY) or {})
         self._latency = Latency(float(latency.get("first_token_s", 0)), float(latency.get("per_token_s", 0)))
         self.replica = uuid.uuid4().hex[:8]
+        # As vLLM does given an OTLP endpoint: each request is a span in the caller's trace.
+        self._telemetry = start_telemetry("llm", llm_config.experimental_configs.get(TELEMETRY_KEY))
+        self._tracing = Tracing()
 
     async def start(self) -> None:
         return None
@@ -86,9 +99,17 @@ class ScriptedLLMEngine(CompletionsOnlyEngine):
         )
         engine = ScriptedEngine(lambda text: scripted_reply(text, self.replica), latency=self._latency)
         reply = CompletionReply(self._model)
-        if not request.stream:
-            yield reply.whole([chunk async for chunk in engine.stream(ours)])
-            return
-        async for chunk in engine.stream(ours):
-            yield reply.event(chunk)
-        yield "data: [DONE]\n\n"
+        headers = getattr(raw_request_info, "headers", None)
+        attributes = {REQUEST_MODEL: self._model, REQUEST_MAX_TOKENS: ours.max_tokens}
+        with self._tracing.served(LLM_REQUEST_SPAN, headers, attributes, current=False) as span:
+            started, chunks = time.monotonic(), list[Chunk]()
+            async for chunk in engine.stream(ours):
+                if not chunks:
+                    span.set_attribute(TIME_TO_FIRST_TOKEN, time.monotonic() - started)
+                chunks.append(chunk)
+                if request.stream:
+                    yield reply.event(chunk)
+            last = chunks[-1] if chunks else None
+            if last is not None:
+                record_usage(span, last.prompt_tokens or 0, last.completion_tokens or 0, last.finish_reason)
+        yield reply.whole(chunks) if not request.stream else "data: [DONE]\n\n"

@@ -183,6 +183,13 @@ DASHBOARD_PANELS = (
     "token throughput",
     "queue depth",
     "time to first token",
+    "step latency",
+    "queue wait",
+    "tokens by tenant and model",
+    "prefix cache hit rate",
+    "sandbox pool size",
+    "sandbox cold starts",
+    "lease takeovers",
 )
 
 

@@ -42,7 +42,7 @@ from orchestrator.ports import (
     StopReason,
     ToolExecutor,
 )
-from orchestrator.tracing import Tracing, record_run_end, record_stop, record_usage
+from orchestrator.tracing import Tracing, record_run_end, record_step, record_stop, record_usage, trace_id
 from toolbox.hermes import (
     ParsedTurn,
     StreamParser,
@@ -308,7 +308,8 @@ class Agent:
             model=spec.model,
         )
         try:
-            with self._tracing.chat(spec.model or self._engine.model, spec.thread_id, max_tokens) as span:
+            model = spec.model or self._engine.model
+            with self._tracing.chat(model, spec.thread_id, max_tokens, spec.tenant) as span:
                 deltas = Deltas(self._store, spec, ckpt.step, self._clock)
                 started = time.monotonic()
                 last = await self._stream(request, parser, dispatch, deltas)
@@ -382,6 +383,7 @@ class Agent:
             "compacted": out.dropped,
             "model_s": round(out.model_s, 4),
             "tools_s": round(out.tools_s, 4),
+            "trace_id": trace_id(ckpt.trace),  # rides in the step's event: watchers link to the trace
         }
         return StepCommit(
             step=ckpt.step,
@@ -397,6 +399,8 @@ class Agent:
     async def _commit(self, spec: RunSpec, ckpt: Checkpoint, commit: StepCommit) -> None:
         await self._store.commit(spec, commit)
         ckpt.apply(commit)
+        record = commit.record
+        record_step(spec.model or self._engine.model, record["model_s"] + record["tools_s"])
 
     @staticmethod
     def _outcome(

@@ -33,9 +33,9 @@ from orchestrator.errors import (
 )
 from orchestrator.loop import Agent
 from orchestrator.ports import Checkpoint, RunSpec
-from orchestrator.records import FINAL_STATUSES, StoredStatus, is_over
+from orchestrator.records import FINAL_STATUSES, StoredStatus, event_order, is_over
 from orchestrator.redis import TRANSIENT, Claim, RedisRunStore, RunQueue
-from orchestrator.tracing import record_queue_depth, record_run_failed, record_takeover
+from orchestrator.tracing import Tracing, record_queue_depth, record_run_failed, record_takeover, trace_id
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,10 @@ class Worker:
         *,
         concurrency: int = 64,
         backoff: Backoff | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._store, self._queue, self._agent = store, queue, agent
+        self._tracing = tracing or Tracing()
         self._concurrency = concurrency
         self._backoff = backoff or Backoff(max_s=min(2.0, queue.lease_ms / 4000))
         self._active: dict[str, _Active] = {}
@@ -209,7 +211,12 @@ class Worker:
             return
         if taken_over:
             record_takeover()
-            await self._store.emit(spec, "resumed", {"worker": self._store.worker, "step": ckpt.step})
+            data = {"worker": self._store.worker, "step": ckpt.step, "trace_id": trace_id(ckpt.trace)}
+            await self._store.emit(spec, "resumed", data)
+        elif ckpt.step == 0:
+            # A new run's wait, from its queue entry's id (the Redis time it was queued, in ms) to now.
+            queued_ms = event_order(claim.entry)[0]
+            self._tracing.queued(spec.run_id, spec.thread_id, ckpt.trace, queued_ms / 1000)
         cancel, lost = asyncio.Event(), asyncio.Event()
         task = asyncio.create_task(self._run(claim, spec, ckpt, cancel, lost))
         self._active[claim.entry] = _Active(claim, task, cancel, lost)

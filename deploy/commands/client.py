@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 from deploy.commands.api_client import DEFAULT_URL, ApiClient, ClientError
 from deploy.commands.progress import Progress, run_details, run_table
+from deploy.commands.timeline import timeline
 
 Command = Callable[[ApiClient, argparse.Namespace], int]
 
@@ -62,6 +63,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         action = actions.add_parser(name, parents=[common], help=helped)
         action.add_argument("id", help="the run's id")
         action.set_defaults(handler=_handler(command))
+        if name == "show":
+            action.add_argument(
+                "--timeline",
+                action="store_true",
+                help="then its steps: model and tool seconds as bars, each call and its outcome",
+            )
 
     tools = subparsers.add_parser("tools", help="the tools a running service offers its runs")
     tool_actions = tools.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -152,6 +159,8 @@ def _list(client: ApiClient, args: argparse.Namespace) -> int:
 def _show(client: ApiClient, args: argparse.Namespace) -> int:
     run = client.get(f"/v1/runs/{_path_id(args.id)}")
     _show_run(run, args.json, "\n".join(run_details(run)))
+    if args.timeline and not args.json:
+        print("\n".join(timeline(client.events(run["id"]))))  # a run in progress: until it ends
     return 0
 
 

@@ -159,6 +159,7 @@ def run_details(run: Mapping[str, Any]) -> list[str]:
         ("created", when(run.get("created_at", 0))),
         ("steps", str(run.get("steps", 0))),
         ("usage", usage(run)),
+        ("trace", run.get("trace_id") or "-"),
     ]
     if run.get("error"):
         fields.append(("error", run["error"]))

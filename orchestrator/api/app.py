@@ -8,11 +8,13 @@ thread is scoped to its tenant: another tenant's ids are simply not found (404, 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 
 from orchestrator.api import chat, errors, service
 from orchestrator.api.auth import RateLimiter, authenticate
@@ -32,6 +34,7 @@ from orchestrator.api.models import (
 )
 from orchestrator.api.service import Api
 from orchestrator.api.sse import check_event_id, sse_events
+from orchestrator.api.traced import Traced
 from orchestrator.ports import Limits
 from orchestrator.store_ports import ApiStore, Control
 from toolbox.protocol import ToolSpec
@@ -88,9 +91,12 @@ def create_app(
     app.state.keys, app.state.limiter = dict(keys), RateLimiter(rate_per_s, burst)
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(Traced)  # outermost: a refused body is a request too
     _health_routes(app, store)
     _run_routes(app, api)
     _chat_routes(app, api, chat_wait_s)
+    # The run inspector: static files that call the routes above with the caller's own API key.
+    app.mount("/ui", StaticFiles(directory=Path(__file__).parent / "ui", html=True), name="ui")
     return app
 
 

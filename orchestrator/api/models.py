@@ -75,6 +75,7 @@ class Run(BaseModel):
     error: str | None = None
     steps: int = 0
     usage: Usage
+    trace_id: str | None = Field(None, description="The run's trace (W3C trace id, 32 hex digits)")
 
 
 class RunList(BaseModel):

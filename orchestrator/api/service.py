@@ -23,6 +23,7 @@ from orchestrator.ports import Limits, RunSpec, Sampling
 from orchestrator.records import RunRecord, run_status
 from orchestrator.runs import first_checkpoint, new_run
 from orchestrator.store_ports import ApiStore, Submitted
+from orchestrator.tracing import trace_id
 from toolbox.errors import SchemaError as BoundsError
 from toolbox.hermes import neutralize, turn
 from toolbox.protocol import ToolSpec
@@ -223,6 +224,7 @@ def run_view(spec: RunSpec, record: RunRecord) -> Run:
         error=record.error,
         steps=record.step,
         usage=Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion),
+        trace_id=trace_id(record.trace),
     )
 
 

@@ -4,6 +4,7 @@ of ``conftest_api``: uvicorn on loopback, a real redis-server, a real worker wit
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -101,6 +102,24 @@ def test_runs_list_show_and_the_no_follow_run(cli: Cli) -> None:
     assert "stop reason: answer" in out and out.endswith("output:\necho: tool listed\n")
     code, out, _ = cli("runs", "show", run_id, "--json")
     assert json.loads(out) == cli.http.get(f"/v1/runs/{run_id}", headers=A).json()
+
+
+def test_runs_show_timeline_draws_each_step_with_its_calls(cli: Cli) -> None:
+    code, out, _ = cli("run", "tool timed", "--tools", "echo", "--no-follow")
+    run_id = out.split()[0]
+    wait_for(cli.http, run_id, "completed")
+    code, out, err = cli("runs", "show", run_id, "--timeline")
+    assert code == 0, err
+    run = cli.http.get(f"/v1/runs/{run_id}", headers=A).json()
+    assert f"trace:       {run['trace_id']}" in out.splitlines()
+    lines = out[out.index("timeline (") :].splitlines()
+    assert lines[0].startswith("timeline (# model, = tools; 40 characters = ")
+    assert re.fullmatch(r"step   0  [#=]{1,40} +model \d+\.\d{3} s  tools \d+\.\d{3} s  echo", lines[1]), (
+        lines
+    )
+    assert lines[2:4] == ['           -> echo {"text": "tool timed"}', '           <- echo ok: "tool timed"']
+    assert re.fullmatch(r"step   1  [#=]{0,40} +model \d+\.\d{3} s  tools \d+\.\d{3} s", lines[4]), lines
+    assert len(lines) == 5
 
 
 def test_runs_list_pages_with_after(idle: Cli) -> None:

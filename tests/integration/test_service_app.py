@@ -4,10 +4,12 @@ class, on the presets' real placement) -> tool workers (sandboxed) -> Redis, ove
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +18,8 @@ from ray import serve
 from ray.util import placement_group_table
 
 from deploy.app import LLM_PREFIX, build_app
+from tests.integration.conftest_api import sse
+from tests.integration.otlp_receiver import Receiver, Span, rotel, spans
 from tests.integration.ray_cluster import (
     GPU_RESOURCE,
     KEYS_ENV,
@@ -64,8 +68,16 @@ _REPLICA = re.compile(r"\(replica ([0-9a-f]{8})\)")
 
 
 @pytest.fixture(scope="module")
-def service(ray_cluster: RayTestCluster) -> Iterator[httpx.Client]:
-    serve.run(build_app(ARGS), name="caduceus", route_prefix="/")
+def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Receiver]:
+    """rotel, where every replica of the service sends its spans (and metrics) over OTLP."""
+    with rotel(tmp_path_factory.mktemp("otlp"), "traces") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def service(ray_cluster: RayTestCluster, receiver: Receiver) -> Iterator[httpx.Client]:
+    args = ARGS | {"otlp_endpoint": receiver.endpoint, "telemetry": {"export_interval_s": 1}}
+    serve.run(build_app(args), name="caduceus", route_prefix="/")
     try:
         with httpx.Client(base_url=ray_cluster.url, timeout=30) as client:
             yield client
@@ -106,6 +118,62 @@ def test_a_run_goes_rest_orchestrator_llm_tool_workers_redis(service: httpx.Clie
     # Another tenant sees none of it.
     assert service.get(f"/v1/runs/{run['id']}", headers=B).status_code == 404
     assert service.get(f"/v1/threads/{run['thread_id']}/messages", headers=B).status_code == 404
+
+
+def _trace(log: Path, trace_id: str, needed: dict[str, int], within_s: float = 60) -> list[Span]:
+    """The trace's spans once rotel has received at least ``needed[name]`` spans of each name."""
+    deadline = time.monotonic() + within_s
+    while True:
+        found = [span for span in spans(log.read_text(errors="replace")) if span.trace_id == trace_id]
+        names = [span.name for span in found]
+        if all(names.count(name) >= n for name, n in needed.items()) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def test_one_run_is_one_trace_across_the_api_orchestrator_llm_and_tool_worker_processes(
+    service: httpx.Client, receiver: Receiver
+) -> None:
+    created = _submit(service, "Compute 17 * 23 and store it.", tools=["calculator", "files"])
+    run = _finished(service, created["id"])
+    trace_id = run["trace_id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", trace_id) and created["trace_id"] == trace_id, run
+    with service.stream("GET", f"/v1/runs/{run['id']}/events", headers=A) as response:
+        steps = [json.loads(f["data"]) for f in sse(response) if f["event"] == "step"]
+    assert [step["trace_id"] for step in steps] == [trace_id] * 3  # the trace id rides in its events
+
+    needed = {"POST /v1/runs": 1, "queue_wait": 1, "invoke_agent caduceus": 1, "chat hermes-3-3b": 3}
+    needed |= {"llm_request": 3, "execute_tool calculator": 1, "execute_tool files": 1}
+    needed |= {"sandbox calculator": 1, "sandbox files": 1}
+    found = _trace(receiver.log, trace_id, needed)
+    names = sorted(span.name for span in found)
+    assert names == sorted(name for name, n in needed.items() for _ in range(n)), names
+    by_id = {span.span_id: span for span in found}
+    # One root, the API request that submitted the run; every other span's parent is in the trace.
+    assert [span.name for span in found if not span.parent_id] == ["POST /v1/runs"]
+    assert [span.name for span in found if span.parent_id and span.parent_id not in by_id] == []
+
+    def parent(span: Span) -> str:
+        return by_id[span.parent_id].name
+
+    for span in found:
+        if span.name == "llm_request":  # the LLM replica's side of each model call
+            assert parent(span) == "chat hermes-3-3b" and span.service == "caduceus-llm", span
+        elif span.name.startswith("sandbox "):  # the tool worker's side of each tool call
+            assert parent(span) == "execute_tool " + span.name.split()[1] and span.service == "caduceus-tools"
+        elif span.name.startswith("execute_tool "):
+            assert (
+                parent(span) == "chat hermes-3-3b"
+                and span.attributes["gen_ai.operation.name"] == "execute_tool"
+            )
+        elif span.name.startswith("chat "):
+            assert parent(span) == "invoke_agent caduceus" and span.attributes["caduceus.tenant"] == "acme"
+            assert int(span.attributes["gen_ai.usage.output_tokens"]) > 0
+        elif span.name in ("invoke_agent caduceus", "queue_wait"):
+            assert parent(span) == "POST /v1/runs" and span.service == "caduceus-orchestrator", span
+            assert span.attributes["gen_ai.conversation.id"] == run["thread_id"]
+        else:
+            assert span.service == "caduceus-api" and span.attributes["http.response.status_code"] == "202"
 
 
 def test_runs_reach_the_model_they_name_on_its_placement(service: httpx.Client) -> None:

@@ -12,6 +12,8 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +27,15 @@ from deploy import service_demo
 from deploy.app import LLM_PREFIX, build_app
 from deploy.model_files import model_directory
 from tests.integration.conftest_api import sse
+from tests.integration.otlp_receiver import Receiver, rotel, spans
+from tests.integration.prometheus import (
+    dashboard_queries,
+    grafana_unit_is,
+    metadata_types,
+    prometheus,
+    series,
+    unit_of,
+)
 from tests.integration.ray_cluster import KEYS_ENV, REDIS_ENV, RayTestCluster
 from toolbox.hermes import STOP, parse, render_prompt, validate
 from toolbox.hermes.constraint import json_answer, tool_calls
@@ -62,13 +73,35 @@ STORY = render_prompt([UserMessage("Tell me a long story about a dragon.")], [])
 COUNT = render_prompt([UserMessage("Count from 1 to 1000, separated by commas.")], [])
 
 
+@dataclass(frozen=True)
+class Watching:
+    """What watches the service: rotel (spans over OTLP) and Prometheus, which scrapes every replica's
+    metrics (the targets they write in ``targets``) and every Ray node's (vLLM's, through Ray)."""
+
+    receiver: Receiver
+    targets: Path
+    prometheus: httpx.Client
+
+
 @pytest.fixture(scope="module")
-def service(ray_cluster: RayTestCluster) -> Iterator[httpx.Client]:
+def watching(ray_cluster: RayTestCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Watching]:
+    root = tmp_path_factory.mktemp("watching")
+    targets = root / "targets"
+    targets.mkdir()
+    nodes = [f"{n['NodeManagerAddress']}:{n['MetricsExportPort']}" for n in ray.nodes() if n["Alive"]]
+    with rotel(root, "traces") as receiver, prometheus(root, file_sd=targets, static=nodes) as client:
+        yield Watching(receiver, targets, client)
+
+
+@pytest.fixture(scope="module")
+def service(ray_cluster: RayTestCluster, watching: Watching) -> Iterator[httpx.Client]:
     """The whole service (``build_app``) with SmolLM2 on vLLM (CPU) as its one LLM deployment, on the
     session's Ray cluster: the engine tests below call the deployment's handle, the service tests go over
     REST."""
     config = service_demo.demo_config(None, scripted=False).model_dump(mode="json")
     config |= {"redis": {"url_env": REDIS_ENV}, "api_keys_env": KEYS_ENV}
+    config |= {"otlp_endpoint": watching.receiver.endpoint}
+    config |= {"telemetry": {"export_interval_s": 1, "prometheus_targets": str(watching.targets)}}
     serve.run(build_app(config), name=APP, route_prefix="/")
     try:
         with httpx.Client(base_url=ray_cluster.url, timeout=60) as client:
@@ -249,3 +282,78 @@ def _spec(tool: dict[str, Any]) -> Any:
     from toolbox.protocol import ToolSpec  # noqa: PLC0415
 
     return ToolSpec(tool["name"], tool["description"], tool["parameters"])
+
+
+#: One call to the calculator, then the answer: a short run that calls a tool that works.
+COMPUTE = {
+    "input": "Use the calculator to compute 17 * 23.",
+    "tools": ["calculator"],
+    "tool_choice": ["calculator", "none"],
+    "constrained": True,
+    "temperature": 0,
+    "limits": {"max_steps": 2, "max_tokens": 64},
+}
+#: A constrained turn cut off after five tokens, inside the call its grammar forces: the block never
+#: closes, so the call is malformed (a tool call that failed), and one step is all the run may take.
+CUT_SHORT = COMPUTE | {"tool_choice": ["calculator"], "limits": {"max_steps": 1, "max_tokens": 5}}
+
+
+def _wave(service: httpx.Client) -> list[dict[str, Any]]:
+    """The two runs above at once, to their ends."""
+    created = [service.post("/v1/runs", json=body, headers=HEADERS).json() for body in (COMPUTE, CUT_SHORT)]
+    runs = [_finished_run(service, one["id"]) for one in created]
+    assert [run["status"] for run in runs] == ["completed", "incomplete"], runs
+    return runs
+
+
+def _finished_run(service: httpx.Client, run_id: str) -> dict[str, Any]:
+    for _ in range(2400):
+        run: dict[str, Any] = service.get(f"/v1/runs/{run_id}", headers=HEADERS).json()
+        if run["status"] not in ("queued", "in_progress"):
+            return run
+        time.sleep(0.1)
+    raise AssertionError(f"run {run_id} did not finish")
+
+
+def _until(check: Any, within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def test_every_dashboard_query_has_data_in_prometheus_after_a_short_load(
+    service: httpx.Client, watching: Watching
+) -> None:
+    """Prometheus scrapes the running service through a short load: two waves of two runs (one calls a
+    tool, one's call is cut short), the second once Prometheus holds the first's series, so that rates
+    see them grow (as they do in a service that runs for a while). Then every query of the Grafana
+    dashboard, sent as Grafana sends it, returns data, in the unit its panel shows. vLLM's own request
+    spans join each run's trace."""
+    client, start = watching.prometheus, time.time()
+    first = _wave(service)
+    seen = ["ray_vllm_time_to_first_token_seconds_count", "caduceus_tool_duration_seconds_count"]
+    _until(lambda: all(series(client, name, start, time.time()) for name in seen), 30)
+    _wave(service)
+    queries, empty = dashboard_queries(), dashboard_queries()
+    deadline = time.monotonic() + 30  # Ray's metrics agent exports vLLM's every few seconds
+    while empty and time.monotonic() < deadline:
+        time.sleep(1)
+        empty = [q for q in empty if not series(client, q.expr, start, time.time())]
+    names = set(client.get("/api/v1/label/__name__/values").json()["data"])
+    known = " ".join(sorted(n for n in names if "vllm" in n or "caduceus" in n or "gen_ai" in n))
+    assert not empty, f"no data: {[q.expr for q in empty]}; series in Prometheus: {known}"
+    types = metadata_types(client)
+    units = [(q.panel, q.unit, unit_of(q.expr, types)) for q in queries]
+    assert [u for u in units if not grafana_unit_is(u[1], u[2])] == []
+    components = {t.name.split("-")[0] for t in watching.targets.glob("*.json")}
+    assert components == {"api", "orchestrator", "tools"}, components
+    # vLLM's llm_request spans are in the run's trace, children of the orchestrator's chat spans.
+    trace_id = first[0]["trace_id"]
+
+    def traced() -> list[Any]:
+        return [s for s in spans(watching.receiver.log.read_text()) if s.trace_id == trace_id]
+
+    _until(lambda: sum(s.name == "llm_request" for s in traced()) >= 2, 30)
+    chats = {s.span_id for s in traced() if s.name == f"chat {NAME}"}
+    served = [s for s in traced() if s.name == "llm_request"]
+    assert len(served) == 2 and all(s.parent_id in chats for s in served), [s.name for s in traced()]

@@ -45,7 +45,9 @@ def scrape() -> Iterator[str]:
         agent = Agent(ScriptedEngine(outputs), FunctionExecutor({"add": lambda a, b: a + b}), MemoryStore())
         asyncio.run(agent.run(spec, first_checkpoint(spec, [user_turn("2+3?")])))
     tracing.record_queue_depth(7)
+    tracing.record_queue_wait(0.3)
     tracing.record_takeover()
+    tracing.SandboxGauges(lambda: 5).cold_start()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -99,6 +101,17 @@ def test_genai_operation_duration_and_token_usage(scrape: str) -> None:
 def test_queue_depth_and_lease_takeovers(scrape: str) -> None:
     assert value(scrape, "caduceus_queue_depth") == 7
     assert value(scrape, "caduceus_lease_takeovers_total") == 1
+    assert value(scrape, "caduceus_queue_wait_seconds_count") == 1
+    assert value(scrape, "caduceus_queue_wait_seconds_sum") == 0.3
+
+
+def test_tokens_by_tenant_steps_and_the_sandbox_pool(scrape: str) -> None:
+    model = {"caduceus_tenant": "t1", "gen_ai_request_model": "scripted-hermes"}
+    inputs = value(scrape, "caduceus_tokens_total", gen_ai_token_type="input", **model)
+    assert inputs == value(scrape, "gen_ai_client_token_usage_sum", gen_ai_token_type="input") > 0
+    assert value(scrape, "caduceus_step_duration_seconds_count", gen_ai_request_model="scripted-hermes") == 4
+    assert value(scrape, "caduceus_sandbox_standing") == 5
+    assert value(scrape, "caduceus_sandbox_cold_starts_total") == 1
 
 
 def test_the_dashboard_queries_only_metrics_the_service_exports(scrape: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -15,7 +16,8 @@ from orchestrator.engines import ScriptedEngine
 from orchestrator.loop import Agent
 from orchestrator.memory import FunctionExecutor, MemoryStore
 from orchestrator.runs import first_checkpoint, new_run, user_turn
-from orchestrator.tracing import Tracing
+from orchestrator.tracing import Tracing, new_carrier, trace_id
+from orchestrator.tracing import carrier as carrier_now
 from toolbox.protocol import ToolSpec
 
 ADD = ToolSpec("add", "Add.", {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]})
@@ -92,3 +94,35 @@ def test_a_resumed_run_continues_the_same_trace() -> None:
     )
     roots = by_name(exporter.get_finished_spans(), "invoke_agent caduceus")
     assert len(roots) == 2 and roots[0].context.trace_id == roots[1].context.trace_id
+
+
+def test_a_run_submitted_in_a_request_span_is_that_requests_trace_down_to_the_deployments() -> None:
+    tracing, exporter = traced()
+    incoming = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    with tracing.request("POST", "/v1/runs", "/v1/runs", incoming):
+        carrier = new_carrier()
+    assert trace_id(carrier) == "0af7651916cd43dd8448eb211c80319c"
+    tracing.queued("run_1", "conv-3", carrier, time.time() - 0.25)
+    with tracing.agent("run_1", "conv-3", carrier), tracing.tool("add", "call_0_0", "conv-3"):
+        sent = carrier_now()
+    with tracing.served("sandbox add", sent, {"gen_ai.tool.name": "add"}, current=False):
+        pass
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert set(spans) == {
+        "POST /v1/runs",
+        "queue_wait",
+        "invoke_agent caduceus",
+        "execute_tool add",
+        "sandbox add",
+    }
+    assert {span.context.trace_id for span in spans.values()} == {0x0AF7651916CD43DD8448EB211C80319C}
+    request = spans["POST /v1/runs"]
+    assert request.parent is not None and request.parent.span_id == 0xB7AD6B7169203331  # the caller's
+    for child in ("queue_wait", "invoke_agent caduceus"):
+        assert spans[child].parent is not None and spans[child].parent.span_id == request.context.span_id
+    wait = spans["queue_wait"]
+    assert wait.end_time is not None and wait.start_time is not None
+    assert 0.2 < (wait.end_time - wait.start_time) / 1e9 < 5
+    sandbox = spans["sandbox add"]
+    assert sandbox.parent is not None and sandbox.parent.span_id == spans["execute_tool add"].context.span_id
+    assert trace_id({}) is None

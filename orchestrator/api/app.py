@@ -7,6 +7,7 @@ thread is scoped to its tenant: another tenant's ids are simply not found (404, 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any
 
@@ -14,15 +15,16 @@ from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from orchestrator.api import chat, errors, service
+from orchestrator.api import chat, chat_prompt, errors, service
 from orchestrator.api.auth import RateLimiter, authenticate
+from orchestrator.api.chat_models import ChatCompletion, ChatRequest
 from orchestrator.api.hub import EventHub
 from orchestrator.api.limits import BodyLimit
 from orchestrator.api.models import (
-    ChatCompletion,
-    ChatRequest,
     ErrorEnvelope,
     Health,
+    ModelInfo,
+    ModelList,
     Run,
     RunList,
     RunRequest,
@@ -32,7 +34,7 @@ from orchestrator.api.models import (
 )
 from orchestrator.api.service import Api
 from orchestrator.api.sse import check_event_id, sse_events
-from orchestrator.ports import Limits
+from orchestrator.ports import ChatEngine, Limits
 from orchestrator.store_ports import ApiStore, Control
 from toolbox.protocol import ToolSpec
 
@@ -67,13 +69,15 @@ def create_app(
     rate_per_s: float = 20.0,
     burst: int = 40,
     max_body_bytes: int = 1 << 20,
-    chat_wait_s: float = 300.0,
     constrained_models: Iterable[str] = (),
+    engine: ChatEngine | None = None,
 ) -> FastAPI:
     """The API. ``keys`` maps API keys to tenants; ``tools`` are what runs may name; ``models`` the
     model names accepted (the first is the default); ``limits`` the defaults a request may override;
     ``constrained_models`` those whose runs decode under a grammar unless a request says otherwise.
-    ``store`` is the run store (Redis in the service, ``MemoryStore`` in tests)."""
+    ``store`` is the run store (Redis in the service, ``MemoryStore`` in tests). ``engine`` is the models
+    themselves, for chat completions (``orchestrator.engines.ModelRouter`` over the model deployments in
+    the service; without one, chat completions answer 503)."""
     if not models:
         raise ValueError("create_app needs at least one model name")
     api = Api(
@@ -90,7 +94,7 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     _health_routes(app, store)
     _run_routes(app, api)
-    _chat_routes(app, api, chat_wait_s)
+    _chat_routes(app, api, engine)
     return app
 
 
@@ -160,13 +164,27 @@ def _run_routes(app: FastAPI, api: Api) -> None:
         )
 
 
-def _chat_routes(app: FastAPI, api: Api, wait_s: float) -> None:
+def _chat_routes(app: FastAPI, api: Api, engine: ChatEngine | None) -> None:
     ok = {"model": ChatCompletion, "content": {"text/event-stream": {}}}
 
     @app.post("/v1/chat/completions", responses={200: ok})
     async def chat_completions(body: ChatRequest, tenant: Tenant) -> Response:
-        run = await chat.start(api, tenant, body)
+        """A Hermes model in OpenAI's chat-completions shape: the client runs its tools."""
+        if engine is None:
+            raise errors.ApiError(503, "no_engine", "this API serves no model for chat completions")
+        if body.model not in api.models:
+            raise chat_prompt.bad("model", f"no model {body.model!r} (see GET /v1/models)")
+        prepared = chat_prompt.prepare(
+            body, constrained=body.model in api.constrained, max_tokens=api.limits.max_tokens
+        )
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         if body.stream:
-            return StreamingResponse(chat.stream(api, tenant, run, wait_s), media_type="text/event-stream")
-        done = await chat.wait(api, tenant, run.id, wait_s)
-        return Response(chat.completion(done).model_dump_json(), media_type="application/json")
+            events = chat.stream(engine, prepared, completion_id)
+            return StreamingResponse(events, media_type="text/event-stream")
+        done = await chat.complete(engine, prepared, completion_id)
+        return Response(done.model_dump_json(), media_type="application/json")
+
+    @app.get("/v1/models")
+    async def list_models(tenant: Tenant) -> ModelList:
+        """The models requests may name (``model``); the first is the default of runs."""
+        return ModelList(data=[ModelInfo(id=name) for name in api.models])

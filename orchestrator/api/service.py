@@ -10,23 +10,18 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from jsonschema.exceptions import SchemaError
-from jsonschema.validators import validator_for
 
 from orchestrator.api.errors import ApiError, not_found
 from orchestrator.api.hub import EventHub
 from orchestrator.api.models import Message, Run, RunList, RunRequest, ThreadMessage, Usage
+from orchestrator.api.schemas import check_schema
 from orchestrator.errors import RunNotFoundError, UnreadableRunError
 from orchestrator.ports import Limits, RunSpec, Sampling
 from orchestrator.records import RunRecord, run_status
 from orchestrator.runs import first_checkpoint, new_run
 from orchestrator.store_ports import ApiStore, Submitted
-from toolbox.errors import SchemaError as BoundsError
 from toolbox.hermes import neutralize, turn
 from toolbox.protocol import ToolSpec
-from toolbox.safe_schema import check_bounds
 
 _TURN = re.compile(r"<\|im_start\|>([a-z]+)\n(.*?)<\|im_end\|>", re.DOTALL)
 
@@ -88,21 +83,6 @@ def _model(api: Api, name: str | None) -> str:
     return name
 
 
-def _check_schema(schema: dict[str, Any] | None) -> None:
-    if schema is None:
-        return
-    try:
-        check_bounds(schema, "json_schema")  # first: checking a schema nested without bound recurses so
-    except BoundsError as exc:
-        raise ApiError(422, "validation_error", str(exc)) from None
-    try:
-        validator_for(schema).check_schema(schema)
-    except SchemaError as exc:
-        raise ApiError(
-            422, "validation_error", f"json_schema: not a valid JSON Schema: {exc.message}"
-        ) from None
-
-
 def _limits(api: Api, request: RunRequest) -> Limits:
     given = {k: v for k, v in request.limits.model_dump().items() if v is not None}
     return dataclasses.replace(api.limits, **given)
@@ -128,7 +108,7 @@ async def submit(api: Api, tenant: str, request: RunRequest, idempotency_key: st
     """Create and enqueue the run, or return the run an earlier request with the same key created."""
     _check_text(request)
     model, tools = _model(api, request.model), _tools(api, request.tools)
-    _check_schema(request.json_schema)
+    check_schema(request.json_schema, "json_schema")
     talk = _conversation(request)
     run_id = f"run_{uuid.uuid4().hex}"
     spec = _spec(api, tenant, request, talk, run_id, model=model, tools=tools)  # before anything is written

@@ -7,6 +7,7 @@ thread is scoped to its tenant: another tenant's ids are simply not found (404, 
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any
@@ -15,7 +16,7 @@ from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from orchestrator.api import chat, chat_prompt, errors, service
+from orchestrator.api import chat, chat_prompt, errors, responses, service
 from orchestrator.api.auth import RateLimiter, authenticate
 from orchestrator.api.chat_models import ChatCompletion, ChatRequest
 from orchestrator.api.hub import EventHub
@@ -32,6 +33,8 @@ from orchestrator.api.models import (
     Tool,
     ToolList,
 )
+from orchestrator.api.response_models import DeletedResponse, InputItems, ResponseRequest
+from orchestrator.api.response_stream import response_events
 from orchestrator.api.service import Api
 from orchestrator.api.sse import check_event_id, sse_events
 from orchestrator.ports import ChatEngine, Limits
@@ -71,13 +74,15 @@ def create_app(
     max_body_bytes: int = 1 << 20,
     constrained_models: Iterable[str] = (),
     engine: ChatEngine | None = None,
+    response_wait_s: float = 300.0,
 ) -> FastAPI:
     """The API. ``keys`` maps API keys to tenants; ``tools`` are what runs may name; ``models`` the
     model names accepted (the first is the default); ``limits`` the defaults a request may override;
     ``constrained_models`` those whose runs decode under a grammar unless a request says otherwise.
     ``store`` is the run store (Redis in the service, ``MemoryStore`` in tests). ``engine`` is the models
     themselves, for chat completions (``orchestrator.engines.ModelRouter`` over the model deployments in
-    the service; without one, chat completions answer 503)."""
+    the service; without one, chat completions answer 503). ``response_wait_s``: how long a response
+    that is neither streamed nor in the background is waited for."""
     if not models:
         raise ValueError("create_app needs at least one model name")
     api = Api(
@@ -87,6 +92,7 @@ def create_app(
         tuple(models),
         limits or Limits(),
         frozenset(constrained_models),
+        response_wait_s,
     )
     app = FastAPI(title="Caduceus", version="0.1.0", responses=_ERRORS)
     app.state.keys, app.state.limiter = dict(keys), RateLimiter(rate_per_s, burst)
@@ -95,6 +101,7 @@ def create_app(
     _health_routes(app, store)
     _run_routes(app, api)
     _chat_routes(app, api, engine)
+    _response_routes(app, api)
     return app
 
 
@@ -188,3 +195,64 @@ def _chat_routes(app: FastAPI, api: Api, engine: ChatEngine | None) -> None:
     async def list_models(tenant: Tenant) -> ModelList:
         """The models requests may name (``model``); the first is the default of runs."""
         return ModelList(data=[ModelInfo(id=name) for name in api.models])
+
+
+def _json(body: dict[str, Any]) -> Response:
+    return Response(json.dumps(body, ensure_ascii=False), media_type="application/json")
+
+
+def _response_routes(app: FastAPI, api: Api) -> None:
+    sse: dict[int | str, dict[str, Any]] = {
+        200: {"content": {"application/json": {}, "text/event-stream": {}}}
+    }
+
+    @app.post("/v1/responses", responses=sse)
+    async def create_response(
+        body: ResponseRequest, tenant: Tenant, idempotency_key: Annotated[str | None, Header()] = None
+    ) -> Response:
+        """The agent in OpenAI's Responses shape: a response is a run, a previous_response_id chain its
+        thread; the service runs its own tools, the client its functions."""
+        spec, record = await responses.create(api, tenant, body, idempotency_key)
+        if body.stream:
+            return StreamingResponse(
+                response_events(api, tenant, spec, record), media_type="text/event-stream"
+            )
+        if body.background:
+            return _json(responses.view(spec, record, []))
+        done = await responses.wait(api, tenant, spec.run_id)
+        if body.store is False:
+            await api.store.delete(tenant, spec.run_id)
+        return _json(done)
+
+    @app.get("/v1/responses/{response_id}", responses=sse)
+    async def get_response(
+        response_id: str,
+        tenant: Tenant,
+        stream: bool = False,
+        starting_after: Annotated[int, Query(ge=-1, description="Stream the events after this one")] = -1,
+    ) -> Response:
+        """The response; with ``stream``, its events (all of them, or those after ``starting_after``)."""
+        if not stream:
+            return _json(await responses.retrieve(api, tenant, response_id))
+        (spec, record), _ = await responses.stored(api, tenant, response_id)
+        events = response_events(api, tenant, spec, record, starting_after)
+        return StreamingResponse(events, media_type="text/event-stream")
+
+    @app.post("/v1/responses/{response_id}/cancel")
+    async def cancel_response(response_id: str, tenant: Tenant) -> Response:
+        return _json(await responses.cancel(api, tenant, response_id))
+
+    @app.delete("/v1/responses/{response_id}")
+    async def delete_response(response_id: str, tenant: Tenant) -> DeletedResponse:
+        await responses.delete(api, tenant, response_id)
+        return DeletedResponse(id=response_id)
+
+    @app.get("/v1/responses/{response_id}/input_items")
+    async def response_input_items(
+        response_id: str,
+        tenant: Tenant,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+        order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
+        after: Annotated[str | None, Query(max_length=200)] = None,
+    ) -> InputItems:
+        return await responses.input_items(api, tenant, response_id, limit=limit, order=order, after=after)

@@ -11,6 +11,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from pydantic import BaseModel
+
 from orchestrator.api.errors import ApiError, not_found
 from orchestrator.api.hub import EventHub
 from orchestrator.api.models import Message, Run, RunList, RunRequest, ThreadMessage, Usage
@@ -36,6 +38,7 @@ class Api:
     models: Sequence[str]
     limits: Limits
     constrained: frozenset[str] = frozenset()  # the models whose runs are constrained unless asked not to
+    wait_s: float = 300.0  # how long a response that is neither streamed nor in the background is waited for
 
 
 @dataclass(frozen=True)
@@ -92,21 +95,21 @@ def fingerprint(request: RunRequest) -> str:
     return hashlib.sha256(json.dumps(request.model_dump(), sort_keys=True).encode()).hexdigest()
 
 
-def _check_text(request: RunRequest) -> None:
+def check_text(request: BaseModel, status: int = 422) -> None:
     # JSON may carry lone UTF-16 surrogates ("\ud800"), which no UTF-8 store or prompt can hold.
     try:
         json.dumps(request.model_dump(), ensure_ascii=False).encode()
     except UnicodeEncodeError:
         raise ApiError(
-            422,
-            "validation_error",
+            status,
+            "validation_error" if status == 422 else "invalid_request",
             "body: holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text",
         ) from None
 
 
 async def submit(api: Api, tenant: str, request: RunRequest, idempotency_key: str | None) -> Run:
     """Create and enqueue the run, or return the run an earlier request with the same key created."""
-    _check_text(request)
+    check_text(request)
     model, tools = _model(api, request.model), _tools(api, request.tools)
     check_schema(request.json_schema, "json_schema")
     talk = _conversation(request)

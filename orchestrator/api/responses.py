@@ -172,28 +172,15 @@ async def retrieve(api: Api, tenant: str, response_id: str) -> dict[str, Any]:
 
 
 def view(spec: RunSpec, record: RunRecord, turns: list[str] | None) -> dict[str, Any]:
-    """The response as OpenAI shows one; ``turns`` ``None``: as it was created (no output yet)."""
+    """The response as OpenAI shows one; ``turns`` ``None``: as it was created (queued, no output yet)."""
     asked = spec.request
-    status = run_status(record)
-    shown = {key: asked.get(key) for key in ("instructions", "max_output_tokens", "max_tool_calls", "user")}
-    shown |= {key: asked.get(key) for key in ("previous_response_id", "temperature", "top_p", "truncation")}
-    output = (
-        []
-        if turns is None
-        else items_of_turns(turns, tag_of(spec.run_id), frozenset(spec.client_tools), record.awaiting)
-    )
-    over = status not in ("queued", "in_progress")
-    prompt, completion = record.prompt_tokens, record.completion_tokens
-    return shown | {
+    keys = ("instructions", "max_output_tokens", "max_tool_calls", "user", "previous_response_id")
+    shown = {key: asked.get(key) for key in (*keys, "temperature", "top_p", "truncation")}
+    shown |= {
         "id": spec.run_id,
         "object": "response",
         "created_at": int(record.created_at),
-        "completed_at": int(record.finished_at) if record.finished_at and status != "failed" else None,
-        "status": _STATUS.get(status, status) if turns is not None else "queued",
         "model": spec.model,
-        "output": output,
-        "error": {"code": "server_error", "message": record.error} if status == "failed" else None,
-        "incomplete_details": {"reason": record.stop_reason} if status == "incomplete" else None,
         "metadata": asked.get("metadata") or {},
         "tools": asked.get("tools") or [],
         "tool_choice": asked.get("tool_choice") or "auto",
@@ -201,7 +188,39 @@ def view(spec: RunSpec, record: RunRecord, turns: list[str] | None) -> dict[str,
         "parallel_tool_calls": True,
         "background": bool(asked.get("background")),
         "store": asked.get("store") is not False,
-        "usage": _usage(prompt, completion) if over and turns is not None else None,
+    }
+    if turns is None:
+        return shown | _progress("queued", [], completed_at=None, error=None, incomplete=None, usage=None)
+    status = run_status(record)
+    output = items_of_turns(turns, tag_of(spec.run_id), frozenset(spec.client_tools), record.awaiting)
+    over = status not in ("queued", "in_progress")
+    return shown | _progress(
+        _STATUS.get(status, status),
+        output,
+        completed_at=int(record.finished_at) if record.finished_at and status != "failed" else None,
+        error={"code": "server_error", "message": record.error} if status == "failed" else None,
+        incomplete={"reason": record.stop_reason} if status == "incomplete" else None,
+        usage=_usage(record.prompt_tokens, record.completion_tokens) if over else None,
+    )
+
+
+def _progress(
+    status: str,
+    output: list[dict[str, Any]],
+    /,
+    *,
+    completed_at: int | None,
+    error: dict[str, Any] | None,
+    incomplete: dict[str, Any] | None,
+    usage: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "status": status,
+        "output": output,
+        "completed_at": completed_at,
+        "error": error,
+        "incomplete_details": incomplete,
+        "usage": usage,
     }
 
 

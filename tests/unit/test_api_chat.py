@@ -34,7 +34,7 @@ WEATHER = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     },
 }
-SPEC = ToolSpec("get_weather", "The weather in a city.", WEATHER["function"]["parameters"])  # type: ignore[index]
+SPEC = ToolSpec("get_weather", "The weather in a city.", WEATHER["function"]["parameters"])
 ASK = 'call get_weather {"city": "Paris"}'
 
 

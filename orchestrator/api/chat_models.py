@@ -49,6 +49,10 @@ class AssistantIn(_Body):
     tool_calls: list[ToolCallIn] | None = Field(None, max_length=64)
     name: str | None = None
     refusal: str | None = None
+    # What OpenAI's own answers carry, taken back only empty (an assistant message replayed as received).
+    audio: None = None
+    function_call: None = None
+    annotations: list[Any] | None = None
 
 
 class ToolIn(_Body):

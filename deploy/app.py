@@ -2,7 +2,8 @@
 
 One application, four kinds of deployment, each delegating to the core packages::
 
-    Api (ingress, FastAPI)   orchestrator.api.create_app over the Redis store: enqueues runs, reads state
+    Api (ingress, FastAPI)   orchestrator.api.create_app over the Redis store: enqueues runs, reads state;
+                             chat completions go straight to the models' handles (no run)
     Orchestrator             orchestrator.worker.Worker: takes runs from the Redis queue and drives the
                              agent loop; the model through ServeLLMEngine (handles, session-affine), the
                              tools through the ToolWorkers deployment
@@ -181,16 +182,24 @@ class _Orchestrator:
 
 
 class _Api:
-    """The REST API (``orchestrator.api``); it only enqueues runs and reads their state from Redis."""
+    """The REST API (``orchestrator.api``): it enqueues runs and reads their state from Redis, and answers
+    chat completions from the models' deployments (``llms``) directly."""
 
     async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
-        self, args: Mapping[str, Any], orchestrator: DeploymentHandle, tools: DeploymentHandle
+        self,
+        args: Mapping[str, Any],
+        orchestrator: DeploymentHandle,
+        tools: DeploymentHandle,
+        llms: Mapping[str, DeploymentHandle],
     ) -> None:
         self._config = load_config(dict(args), source="serve args")
         self._telemetry = start_telemetry("api", _telemetry(self._config))
         # The orchestrator's handle is not called: binding it is what makes Serve deploy the orchestrators
         # as part of this application.
         self._orchestrator, self._tools = orchestrator, tools
+        from deploy.serve_engine import ServeLLMEngine  # noqa: PLC0415 - imports vLLM's request types
+
+        self._engine = ModelRouter({name: ServeLLMEngine(handle, name) for name, handle in llms.items()})
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         config = self._config
@@ -205,6 +214,7 @@ class _Api:
             constrained_models=[m.served_name for m in config.models if m.constrained_by_default],
             rate_per_s=config.api.rate_per_s,
             burst=config.api.burst,
+            engine=self._engine,
         )
 
 
@@ -319,7 +329,7 @@ def build_app(args: Mapping[str, Any] | None = None) -> Application:
     # The API is async and holds event streams open for as long as clients watch: Serve's default of five
     # requests at a time per replica would let five watchers block everyone else.
     return Api.options(**_pinned(config.api.ray_resource, 1, max_ongoing_requests=1000)).bind(
-        config.model_dump(mode="json"), orchestrator, tools
+        config.model_dump(mode="json"), orchestrator, tools, llms
     )
 
 

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deploy.commands.api_client import ApiClient, ClientError
-from deploy.commands.client import follow
+from caduceus import CaduceusError, Client
+from deploy.commands.client import exit_code, follow
 from deploy.commands.progress import Progress
 from deploy.config import ServiceConfig, load_config
 from deploy.demo_tools import ANSWER_INSTRUCTION
@@ -71,11 +71,11 @@ def main(*, model: str | None = None, scripted: bool = False) -> int:
         print(f"service up at {service.url} in {service.seconds_to_start:.0f} s (model {engine.served_name})")
         print(f"task: {QUESTION}\n", flush=True)
         try:
-            with ApiClient(service.url, service.api_key, timeout_s=120) as client:
+            with Client(service.url, service.api_key, timeout_s=120) as client:
                 done, messages = _run(client)
-        except ClientError as exc:
+        except CaduceusError as exc:
             print(f"caduceus demo: error: {exc}", file=sys.stderr)
-            return exc.exit_code
+            return exit_code(exc)
         scratch = Path(service.scratch_root) / conversation_key(LOCAL_TENANT, done["thread_id"])
         for line in summary(done, messages, scratch):
             print(line)
@@ -88,22 +88,23 @@ def against(url: str, api_key: str | None) -> int:
     tool wrote stay on the service's side, so the summary shows the tool's answers only."""
     print(f"task (against {url}): {QUESTION}\n", flush=True)
     try:
-        with ApiClient(url, api_key, timeout_s=120) as client:
+        with Client(url, api_key or "", timeout_s=120) as client:
             done, messages = _run(client)
-    except ClientError as exc:
+    except CaduceusError as exc:
         print(f"caduceus demo: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return exit_code(exc)
     for line in summary(done, messages, None):
         print(line)
     return 0 if done["status"] == "completed" else 1
 
 
-def _run(client: ApiClient) -> tuple[dict[str, Any], list[dict[str, str]]]:
+def _run(client: Client) -> tuple[dict[str, Any], list[dict[str, str]]]:
     started = time.monotonic()
-    run = client.post("/v1/runs", request())
-    done: dict[str, Any] = follow(client, run, Progress(sys.stdout, sys.stdout), answer=False)
+    asked = request()
+    run = client.submit(asked.pop("input"), tools=asked.pop("tools"), **asked)
+    done = follow(client, run, Progress(sys.stdout, sys.stdout), answer=False)
     done["seconds"] = time.monotonic() - started
-    messages: list[dict[str, str]] = client.get(f"/v1/threads/{done['thread_id']}/messages")["data"]
+    messages = [{"role": m.role, "content": m.content} for m in client.messages(done["thread_id"])]
     return done, messages
 
 

@@ -5,8 +5,10 @@ and what it is (``CallSlot``: a digest of its name and canonical arguments, and 
 the step ran before it): a call that completed before a crash is replayed from the ledger to the identical
 call of the step sampled again, a call that started and never finished is reported to the model as
 interrupted (its effect is unknown, so it is never run twice), and a different call, even at the same
-index, runs as itself. Before a call runs, its arguments are validated, and the per-step call limit and
-the repeated-call limit are applied; refused calls become error results the model reads.
+index, runs as itself. Before a call runs, its arguments are validated, and the per-step call limit, the
+run's call limit and the repeated-call limit are applied; refused calls become error results the model
+reads. A valid call to a tool the client runs (``RunSpec.client_tools``) is not run here: it is handed back
+as the ``ToolCall`` itself, which the loop turns into the run's end (its calls awaiting their results).
 """
 
 from __future__ import annotations
@@ -131,16 +133,24 @@ class Runner:
             raise
 
 
+#: What a step's call comes to: its result, or (a call the client runs) the call itself, handed back.
+Settled = ToolResult | ToolCall
+
+
 @dataclass
 class Dispatch:
     """One step's calls, in stream order. ``limit`` is set when a call hit a run-ending limit."""
 
     runner: Runner
     checkpoint: Checkpoint
-    tasks: list[asyncio.Task[ToolResult]] = field(default_factory=list)
+    tasks: list[asyncio.Task[Settled]] = field(default_factory=list)
     repeats: dict[str, int] = field(default_factory=dict)
     ran: dict[str, int] = field(default_factory=dict)  # identical calls run so far, by digest
     limit: StopReason | None = None
+    made: int = field(init=False)  # the run's calls before this step (each signature's count, summed)
+
+    def __post_init__(self) -> None:
+        self.made = sum(self.checkpoint.repeats.values())
 
     def on(self, event: StreamEvent, telling: Telling) -> None:
         """Start the call ``event`` tells of (a ``ToolCallReady`` or ``ToolCallFailed``; others are ignored,
@@ -160,13 +170,15 @@ class Dispatch:
         if refusal is not None:
             record_tool_refused(call.name, refusal.type)
             self._add(self._told(telling, ToolResult(call.id, call.name, error=refusal)))
+        elif call.name in self.runner.spec.client_tools:
+            self._add(self._handed(call, telling))
         else:
             key = digest(call)
             slot = CallSlot(self.checkpoint.step, len(self.tasks), key, self.ran.get(key, 0))
             self.ran[key] = slot.occurrence + 1
             self._add(self._checked(slot, call, telling))
 
-    async def _checked(self, slot: CallSlot, call: ToolCall, telling: Telling) -> ToolResult:
+    async def _checked(self, slot: CallSlot, call: ToolCall, telling: Telling) -> Settled:
         try:
             # A schema's patterns may take up to their time budget to match: such a call is validated on a
             # thread, so that the event loop (heartbeats, every other run) does not wait for it.
@@ -182,8 +194,16 @@ class Dispatch:
         finally:
             telling.done()
 
-    async def _told(self, telling: Telling, result: ToolResult) -> ToolResult:
-        """A call refused before it ran: only its text is told, in its turn."""
+    async def _handed(self, call: ToolCall, telling: Telling) -> Settled:
+        """A call the client runs: handed back once its arguments are valid (else the model reads why)."""
+        error = validate(call, self.runner.spec.tools)
+        if error is not None:
+            record_tool_refused(call.name, error.type)
+            return await self._told(telling, ToolResult(call.id, call.name, error=error))
+        return await self._told(telling, call)
+
+    async def _told(self, telling: Telling, settled: Settled) -> Settled:
+        """A call not run here (refused, or the client's): only its text is told, in its turn."""
         try:
             await telling.turn()
             if telling.delta:
@@ -191,9 +211,9 @@ class Dispatch:
                 await self.runner.store.emit(self.runner.spec, "delta", data)
         finally:
             telling.done()
-        return result
+        return settled
 
-    def _add(self, coroutine: Coroutine[object, object, ToolResult]) -> None:
+    def _add(self, coroutine: Coroutine[object, object, Settled]) -> None:
         self.tasks.append(asyncio.ensure_future(coroutine))
 
     def _refusal(self, call: ToolCall, index: int) -> ToolError | None:
@@ -203,6 +223,10 @@ class Dispatch:
             return ToolError(
                 "denied", f"at most {limits.max_tool_calls_per_step} tool calls per step; not run"
             )
+        total = self.made + sum(self.repeats.values())
+        if limits.max_tool_calls is not None and total >= limits.max_tool_calls:
+            self.limit = "max_tool_calls"
+            return ToolError("denied", f"at most {limits.max_tool_calls} tool calls per run; not run")
         key = signature(call)
         self.repeats[key] = self.repeats.get(key, 0) + 1
         made = self.checkpoint.repeats.get(key, 0) + self.repeats[key]
@@ -211,7 +235,7 @@ class Dispatch:
             return ToolError("denied", f"this exact call was already made {made - 1} times; not run again")
         return None
 
-    async def results(self) -> list[ToolResult]:
+    async def results(self) -> list[Settled]:
         return list(await asyncio.gather(*self.tasks))
 
     def cancel(self) -> None:

@@ -1,8 +1,10 @@
 """The agent loop: ask the model for a turn, run its tool calls, feed the results back, until it answers.
 
 Each iteration returns one of a closed set of next steps: ``Continue`` (tools ran, or a JSON answer is
-retried), ``Answer`` or ``Stop`` (a limit, cancellation). Every step is committed to the store before the
-next one starts, so a run resumed from its checkpoint repeats no acknowledged step.
+retried), ``Answer``, ``Await`` (the model called a tool the client runs: the run ends with the turn's
+calls awaiting their results, and the client's next run starts with their tool turn) or ``Stop`` (a
+limit, cancellation). Every step is committed to the store before the next one starts, so a run resumed
+from its checkpoint repeats no acknowledged step.
 
 Two events stop a run from outside: ``cancel`` (the run ends ``cancelled``) and ``lost`` (another worker
 owns the run now: ``LeaseLostError``). Each is awaited during a step, which is then cancelled wherever it
@@ -55,7 +57,7 @@ from toolbox.hermes import (
     turn,
 )
 from toolbox.hermes.constraint import json_answer, text_only, tool_calls
-from toolbox.protocol import AssistantMessage, ToolResult
+from toolbox.protocol import AssistantMessage, ToolCall, ToolResult
 
 _CALLS = (ToolCallReady, ToolCallFailed)  # the parser's events that tell a call (a flush first)
 
@@ -73,12 +75,22 @@ class Answer:
 
 
 @dataclass(frozen=True)
+class Await:
+    """The turn called tools the client runs: its assistant turn is committed, its tool turn is not (the
+    client's results are not in yet); ``calls`` are the turn's calls, each settled or awaited, in order."""
+
+    commit: StepCommit
+    calls: tuple[ToolResult | ToolCall, ...]
+
+
+@dataclass(frozen=True)
 class Stop:
     reason: StopReason
     commit: StepCommit | None = None
 
 
-Next: TypeAlias = Continue | Answer | Stop
+Next: TypeAlias = Continue | Answer | Await | Stop
+End: TypeAlias = Answer | Await | Stop
 
 
 @dataclass(frozen=True)
@@ -86,7 +98,7 @@ class ModelTurn:
     """What one model call produced: the parsed output, its calls' results in order, and the usage."""
 
     parsed: ParsedTurn
-    results: list[ToolResult]
+    results: list[ToolResult | ToolCall]  # a ToolCall: a call the client runs, awaiting its result
     limit: StopReason | None
     repeats: dict[str, int]
     finish_reason: str | None
@@ -359,8 +371,11 @@ class Agent:
 
     def _decide(self, spec: RunSpec, ckpt: Checkpoint, out: ModelTurn) -> Next:
         assistant = assistant_turn(AssistantMessage(raw=out.parsed.text))
-        if out.results:
-            commit = self._commit_of(ckpt, out, assistant, render_tool_turn(out.results))
+        ran = [result for result in out.results if isinstance(result, ToolResult)]
+        if len(ran) < len(out.results):  # the client's calls come first: a limit applies to its next run
+            return Await(self._commit_of(ckpt, out, assistant), tuple(out.results))
+        if ran:
+            commit = self._commit_of(ckpt, out, assistant, render_tool_turn(ran))
             return Stop(out.limit, commit) if out.limit else Continue(commit)
         if spec.json_schema is None:
             return Answer(self._commit_of(ckpt, out, assistant), out.parsed.content)
@@ -378,7 +393,7 @@ class Agent:
         record = {
             "step": ckpt.step,
             "calls": [result.name for result in out.results],
-            "errors": sum(1 for result in out.results if not result.ok),
+            "errors": sum(1 for result in out.results if isinstance(result, ToolResult) and not result.ok),
             "finish_reason": out.finish_reason,
             "compacted": out.dropped,
             "model_s": round(out.model_s, 4),
@@ -403,22 +418,22 @@ class Agent:
         record_step(spec.model or self._engine.model, record["model_s"] + record["tools_s"])
 
     @staticmethod
-    def _outcome(
-        spec: RunSpec, ckpt: Checkpoint, end: Answer | Stop, last: StepCommit | None = None
-    ) -> Outcome:
+    def _outcome(spec: RunSpec, ckpt: Checkpoint, end: End, last: StepCommit | None = None) -> Outcome:
         """The run's end, as it stands once ``last`` (its last step, when it has one to commit) is in."""
+        reason: StopReason = "answer" if isinstance(end, Answer) else "tool_calls"
         return Outcome(
             run_id=spec.run_id,
-            stop_reason="answer" if isinstance(end, Answer) else end.reason,
+            stop_reason=end.reason if isinstance(end, Stop) else reason,
             output=end.text if isinstance(end, Answer) else "",
             value=end.value if isinstance(end, Answer) else None,
             steps=last.step + 1 if last is not None else ckpt.step,
             prompt_tokens=ckpt.prompt_tokens + (last.prompt_tokens if last is not None else 0),
             completion_tokens=ckpt.completion_tokens + (last.completion_tokens if last is not None else 0),
+            awaiting=end.calls if isinstance(end, Await) else (),
         )
 
     async def _finish(
-        self, spec: RunSpec, ckpt: Checkpoint, end: Answer | Stop, span: Span, *, recorded: bool
+        self, spec: RunSpec, ckpt: Checkpoint, end: End, span: Span, *, recorded: bool
     ) -> Outcome:
         """The run's end; ``recorded``: its last step's commit wrote it already (no write left to make)."""
         outcome = self._outcome(spec, ckpt, end)

@@ -19,7 +19,7 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from orchestrator.errors import RunNotFoundError, StoreError
 from orchestrator.ports import (
@@ -42,8 +42,7 @@ from orchestrator.records import (
     finished_data,
     result_data,
 )
-from orchestrator.runs import user_turn
-from orchestrator.store_ports import ApiStore, RunRef, StoredRun, Submitted
+from orchestrator.store_ports import ApiStore, RunRef, StoredRun, Submitted, input_turns
 from toolbox.protocol import ToolCall, ToolError, ToolResult
 
 ToolFunction = Callable[..., Any] | Callable[..., Awaitable[Any]]
@@ -143,7 +142,7 @@ class MemoryStore:
 
     def _end(self, ref: RunRef, outcome: Outcome) -> None:
         self.outcomes[ref] = outcome
-        end = {"finished_at": time.time(), "stop_reason": outcome.stop_reason}
+        end = {"finished_at": time.time(), "stop_reason": outcome.stop_reason, "awaiting": outcome.awaiting}
         self._update(ref, status="finished", output=outcome.output, value=outcome.value, **end)
         self._emit(ref, "finished", finished_data(outcome))
 
@@ -172,29 +171,34 @@ class MemoryStore:
         self,
         spec: RunSpec,
         ckpt: Checkpoint,
-        text: str,
+        text: str | None,
         *,
         enqueue: bool = True,
         earlier: Sequence[str] = (),
         claim: bool = False,
         existing_thread: bool = False,
         idempotency: tuple[str, str] | None = None,
+        follows: str | None = None,
     ) -> Submitted:
         """As ``store_ports.Submissions.submit`` says."""
         encode_spec(spec)  # a spec that would not read back is refused, as on Redis
+        turns = input_turns(earlier, text)
         thread = (spec.tenant, spec.thread_id)
         bound = None if idempotency is None else self.bindings.get((spec.tenant, idempotency[0]))
         if bound is not None:
             return Submitted("replay", bound[1], fingerprint=bound[0])
         if existing_thread and not self.turns.get(thread):
             return Submitted("no_thread", spec.run_id)
+        if follows is not None and self.claims.get(thread) != follows:
+            return Submitted("moved", self.claims.get(thread, ""))
         holder = self.claims.get(thread) if claim else None
         if holder is not None and holder != spec.run_id and self._busy(spec.tenant, holder):
             return Submitted("busy", holder)
         if claim:
             self.claims[thread] = spec.run_id
+        self.turns.setdefault(thread, []).extend(turns)
         record = RunRecord.queued(spec, ckpt, time.time())
-        self.turns.setdefault(thread, []).extend([*earlier, user_turn(text)])
+        record = dataclasses.replace(record, first_turn=len(self.turns[thread]))
         self.records[(spec.tenant, spec.run_id)] = (spec, record)
         self._index(spec.tenant, spec.run_id)
         if enqueue:
@@ -236,6 +240,14 @@ class MemoryStore:
     async def thread(self, tenant: str, thread_id: str) -> list[str]:
         return list(self.turns.get((tenant, thread_id), []))
 
+    async def run_turns(self, tenant: str, run_id: str) -> tuple[StoredRun, list[str]] | None:
+        found = self.records.get((tenant, run_id))
+        if found is None:
+            return None
+        record = found[1]
+        turns = self.turns.get((tenant, found[0].thread_id), [])
+        return found, turns[record.first_turn : record.first_turn + record.turn_count]
+
     async def events(
         self, tenant: str, run_id: str, after: str = "0-0", *, block_ms: int | None = None
     ) -> list[Event]:
@@ -273,6 +285,21 @@ class MemoryStore:
             self._update(ref, **ended)
             self._emit(ref, "finished", finished_data(Outcome(run_id, "cancelled")))
         return self.status(ref)
+
+    async def delete(self, tenant: str, run_id: str) -> Literal["deleted", "busy"] | None:
+        ref = (tenant, run_id)
+        found = self.records.get(ref)
+        if found is None:
+            return None
+        if found[1].status in ("queued", "running"):
+            return "busy"
+        for table in (self.records, self.steps, self.streams, self.repeats, self.outcomes):
+            table.pop(ref, None)
+        for key in [key for key in self.ledger if key[:2] == ref]:
+            del self.ledger[key]
+        self.cancels.discard(ref)
+        self.index[tenant] = [one for one in self.index.get(tenant, []) if one != run_id]
+        return "deleted"
 
     async def ping(self) -> bool:
         return True

@@ -28,6 +28,7 @@ StopReason: TypeAlias = Literal[
     "cancelled",
     "json_invalid",
     "context_overflow",
+    "tool_calls",  # the model called a tool that the client runs: the run ends, awaiting its output
 ]
 #: What a run's events are (``RunStore.emit``, and the events the store writes itself): a closed set.
 EventKind: TypeAlias = Literal[
@@ -118,6 +119,8 @@ class Limits:
     - ``json_retries``: answers that fail the JSON schema are sent back this many times (``json_invalid``).
     - ``max_tokens`` per model turn; ``context_window`` of the model, which compaction keeps the prompt
       plus ``max_tokens`` within (``context_overflow`` only when even the newest turn does not fit).
+    - ``max_tool_calls``: the most calls of the whole run (``None``: no bound but the others); a call past
+      it is not run (the model reads why) and the run stops after that step (``max_tool_calls``).
     """
 
     max_steps: int = 16
@@ -128,6 +131,7 @@ class Limits:
     json_retries: int = 2
     max_tokens: int = 1024
     context_window: int = 32768
+    max_tool_calls: int | None = None
 
 
 @dataclass(frozen=True)
@@ -143,7 +147,12 @@ class RunSpec:
     that must answer forbids calls: with every turn ``"required"`` a run could never end. ``model``: the
     model every turn of the run goes to (empty: the engine's default). ``answer_turn``: a rendered system
     turn placed just before the assistant cue on every turn whose ``tool_choice`` is ``"none"`` (a turn
-    that must answer in text), and only there: it is never stored in the thread.
+    that must answer in text), and only there: it is never stored in the thread. ``client_tools``: the
+    names of the offered tools that the client runs, not the service: a turn that calls one ends the
+    run (stop reason ``tool_calls``) with the turn's calls awaiting their results (``Outcome.awaiting``);
+    the conversation goes on in a run whose first turn is their tool turn. ``request``: what the client
+    asked in the API's own words, for the API to show back (a response's input items, its metadata);
+    the loop never reads it.
     """
 
     run_id: str
@@ -158,6 +167,8 @@ class RunSpec:
     tool_choice: tuple[str, ...] = ()
     model: str = ""
     answer_turn: str = ""
+    client_tools: tuple[str, ...] = ()
+    request: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -196,6 +207,9 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class Outcome:
+    """A run's end. ``awaiting`` (stop reason ``tool_calls``): the last turn's calls in call order, each
+    the ``ToolResult`` of a call the service ran (or refused) or the ``ToolCall`` of one the client runs."""
+
     run_id: str
     stop_reason: StopReason
     output: str = ""
@@ -203,6 +217,7 @@ class Outcome:
     steps: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    awaiting: tuple[ToolCall | ToolResult, ...] = ()
 
 
 @dataclass(frozen=True)

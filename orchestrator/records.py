@@ -16,16 +16,18 @@ import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias, get_args
+from typing import Annotated, Any, Literal, TypeAlias, get_args
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 from orchestrator.errors import UnreadableRunError
 from orchestrator.ports import CallSlot, Checkpoint, EventKind, Outcome, RunSpec, StepCommit
 from toolbox.protocol import ToolCall, ToolResult
 
 StoredStatus: TypeAlias = Literal["queued", "running", "finished", "failed"]
-RunStatus: TypeAlias = Literal["queued", "in_progress", "completed", "failed", "cancelled", "incomplete"]
+RunStatus: TypeAlias = Literal[
+    "queued", "in_progress", "completed", "failed", "cancelled", "incomplete", "requires_action"
+]
 _STATUSES: dict[str, StoredStatus] = {status: status for status in get_args(StoredStatus)}
 _KINDS: dict[str, EventKind] = {kind: kind for kind in get_args(EventKind)}
 #: The events after which a run's stream has nothing more.
@@ -33,6 +35,8 @@ FINAL_KINDS: frozenset[EventKind] = frozenset({"finished", "failed"})
 FINAL_STATUSES: frozenset[StoredStatus] = frozenset({"finished", "failed"})
 
 _SPEC: TypeAdapter[RunSpec] = TypeAdapter(RunSpec)
+Awaited: TypeAlias = Annotated[ToolCall | ToolResult, Field(discriminator="kind")]
+_AWAITING: TypeAdapter[tuple[Awaited, ...]] = TypeAdapter(tuple[Awaited, ...])
 _PREVIEW = 200  # characters of a tool's result that its event carries
 
 
@@ -81,6 +85,8 @@ def event_order(event_id: str) -> tuple[int, int]:
 class RunRecord:
     """A run's state as stored beside its spec: its progress (what its checkpoint is made of), then what
     readers are shown. ``thread`` is empty in records written before records named their thread;
+    ``first_turn`` is where the run's own turns start in its thread (after its input) and ``turn_count``
+    how many it committed; ``awaiting``: a run that ended for the client's tools (``Outcome.awaiting``);
     ``leased``: a worker holds the run (read from its lease, never stored in the record)."""
 
     status: StoredStatus = "queued"
@@ -99,6 +105,9 @@ class RunRecord:
     output: str | None = None
     value: Any = None
     error: str | None = None
+    first_turn: int = 0
+    turn_count: int = 0
+    awaiting: tuple[ToolCall | ToolResult, ...] = ()
     leased: bool = False
 
     @classmethod
@@ -138,6 +147,7 @@ class RunRecord:
             json_retries=commit.json_retries,
             prompt_tokens=self.prompt_tokens + commit.prompt_tokens,
             completion_tokens=self.completion_tokens + commit.completion_tokens,
+            turn_count=self.turn_count + len(commit.turns),
         )
 
     def unreadable(self, error: str) -> RunRecord:
@@ -149,6 +159,8 @@ def finished_status(stop_reason: str | None) -> RunStatus:
     """What a finished run is to a client, by its stop reason."""
     if stop_reason == "answer":
         return "completed"
+    if stop_reason == "tool_calls":
+        return "requires_action"
     return "cancelled" if stop_reason == "cancelled" else "incomplete"
 
 
@@ -199,3 +211,15 @@ def decode_spec(raw: bytes | str, run_id: str, status: str = "") -> RunSpec:
         return _SPEC.validate_json(raw)
     except ValidationError as exc:
         raise UnreadableRunError(f"run {run_id}: its stored spec cannot be read", status=status) from exc
+
+
+def encode_awaiting(calls: Sequence[ToolCall | ToolResult]) -> str:
+    """A run's awaited calls (``Outcome.awaiting``) as stored."""
+    return _AWAITING.dump_json(tuple(calls)).decode()
+
+
+def decode_awaiting(raw: str | bytes) -> tuple[ToolCall | ToolResult, ...]:
+    try:
+        return _AWAITING.validate_json(raw)
+    except ValidationError as exc:
+        raise UnreadableRunError("a run's awaited calls cannot be read") from exc

@@ -27,13 +27,19 @@ def new_run(
     tool_choice: Sequence[str] = (),
     model: str = "",
     answer_instruction: str = "",
+    client_tools: Sequence[str] = (),
+    request: dict[str, Any] | None = None,
 ) -> RunSpec:
     """A run's fixed spec. The tools, JSON-mode and caller's system turns are rendered here, once, and
-    so is ``answer_instruction``, the system turn shown on the turns that must answer in text."""
+    so is ``answer_instruction``, the system turn shown on the turns that must answer in text.
+    ``client_tools`` names the offered tools the client runs (``RunSpec.client_tools``)."""
     known = {"auto", "required", "none", *(tool.name for tool in tools)}
     unknown = [choice for choice in tool_choice if choice not in known]
     if unknown:
         raise ValueError(f"tool_choice {unknown} names no offered tool (or auto, required, none)")
+    offered = {tool.name for tool in tools}
+    if any(name not in offered for name in client_tools):
+        raise ValueError(f"client_tools {sorted(set(client_tools) - offered)} names no offered tool")
     messages = [SystemMessage(system)] if system else []
     prefix = render_prompt(messages, list(tools), json_schema=json_schema, add_generation_prompt=False)
     return RunSpec(
@@ -49,6 +55,8 @@ def new_run(
         tool_choice=tuple(tool_choice),
         model=model,
         answer_turn=turn("system", neutralize(answer_instruction)) if answer_instruction else "",
+        client_tools=tuple(client_tools),
+        request=dict(request or {}),
     )
 
 

@@ -18,6 +18,7 @@ from typing import Literal, Protocol, TypeAlias
 
 from orchestrator.ports import Checkpoint, RunSpec
 from orchestrator.records import Event, RunRecord, StoredStatus
+from orchestrator.runs import user_turn
 
 RunRef: TypeAlias = tuple[str, str]  # (tenant, run id)
 StoredRun: TypeAlias = tuple[RunSpec, RunRecord]
@@ -27,10 +28,10 @@ StoredRun: TypeAlias = tuple[RunSpec, RunRecord]
 class Submitted:
     """What a submission did: ``created`` the run (``record``: its record, as written), found its
     idempotency key bound already (``replay``: the bound ``run_id`` and the request's ``fingerprint``),
-    found ``no_thread`` to continue, or the thread ``busy`` with run ``run_id``. Only ``created`` has a
-    record."""
+    found ``no_thread`` to continue, the thread ``busy`` with run ``run_id``, or the thread ``moved`` on
+    past the run it was to follow (``run_id``: its latest run). Only ``created`` has a record."""
 
-    kind: Literal["created", "replay", "no_thread", "busy"]
+    kind: Literal["created", "replay", "no_thread", "busy", "moved"]
     run_id: str
     record: RunRecord = field(default_factory=RunRecord)
     fingerprint: str = ""
@@ -41,21 +42,25 @@ class Submissions(Protocol):
         self,
         spec: RunSpec,
         ckpt: Checkpoint,
-        text: str,
+        text: str | None,
         *,
         enqueue: bool = True,
         earlier: Sequence[str] = (),
         claim: bool = False,
         existing_thread: bool = False,
         idempotency: tuple[str, str] | None = None,
+        follows: str | None = None,
     ) -> Submitted:
-        """Append the user's turn (``text``, after the rendered turns ``earlier``) to the run's thread,
-        write its record (created now: the time that also orders the tenant's runs) and queue it (unless
-        not ``enqueue``): all or nothing. ``claim``: the run claims its thread, unless another run of it
-        is still queued or running (``busy``). ``existing_thread``: the thread must exist already
-        (``no_thread``). ``idempotency``: (key, fingerprint of the request): a key bound already is
-        answered with its binding (``replay``, nothing written), else it is bound to this run. A spec that
-        would not read back raises ``UnreadableRunError`` before anything is written."""
+        """Append the user's turn (``text``, after the rendered turns ``earlier``; ``None``: no user turn,
+        only ``earlier``) to the run's thread, write its record (created now: the time that also orders the
+        tenant's runs; its own turns start after these) and queue it (unless not ``enqueue``): all or
+        nothing. ``claim``: the run claims its thread, unless another run of it is still queued or running
+        (``busy``). ``existing_thread``: the thread must exist already (``no_thread``). ``follows``: the
+        thread's latest run must be this one (else ``moved``): a conversation continued from one of its
+        runs goes on from there, never from an earlier point. ``idempotency``: (key, fingerprint of the
+        request): a key bound already is answered with its binding (``replay``, nothing written), else it
+        is bound to this run. A spec that would not read back raises ``UnreadableRunError`` before
+        anything is written."""
         ...
 
 
@@ -73,6 +78,11 @@ class RunReads(Protocol):
 
     async def thread(self, tenant: str, thread_id: str) -> list[str]:
         """The thread's rendered turns (none when the tenant has no such thread)."""
+        ...
+
+    async def run_turns(self, tenant: str, run_id: str) -> tuple[StoredRun, list[str]] | None:
+        """The run's spec and record and the turns it committed itself (after its input), in one read;
+        ``None`` when the tenant has no such run."""
         ...
 
     async def events(
@@ -115,6 +125,12 @@ class Control(Protocol):
         of the request from its worker."""
         ...
 
+    async def delete(self, tenant: str, run_id: str) -> Literal["deleted", "busy"] | None:
+        """Delete a run that is over (its record, events, steps, ledger; its thread stays, as other runs
+        may continue it): ``deleted``; ``busy`` for a run still queued or running (nothing is deleted);
+        ``None`` when there is no such run."""
+        ...
+
     async def ping(self) -> bool:
         """Whether the store answers (it raises ``StoreError`` when it does not)."""
         ...
@@ -122,3 +138,12 @@ class Control(Protocol):
 
 class ApiStore(Submissions, RunReads, EventFeed, Control, Protocol):
     """Everything the REST API asks of the store."""
+
+
+def input_turns(earlier: Sequence[str], text: str | None) -> list[str]:
+    """The turns a submission appends: ``earlier``, then the user's turn for ``text`` (if any); at least
+    one."""
+    turns = [*earlier] if text is None else [*earlier, user_turn(text)]
+    if not turns:
+        raise ValueError("a submission appends at least one turn")
+    return turns

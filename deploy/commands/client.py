@@ -23,13 +23,20 @@ import os
 import sys
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
 
-from deploy.commands.api_client import DEFAULT_URL, ApiClient, ClientError
+from caduceus import APIConnectionError, APIError, CaduceusError, Client, Run
 from deploy.commands.progress import Progress, run_details, run_table
 from deploy.commands.timeline import timeline
 
-Command = Callable[[ApiClient, argparse.Namespace], int]
+Command = Callable[[Client, argparse.Namespace], int]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def exit_code(error: CaduceusError) -> int:
+    """What the CLI exits with for ``error``: 3 the API refused the request, 4 no answer, else 1."""
+    if isinstance(error, APIError):
+        return 3
+    return 4 if isinstance(error, APIConnectionError) else 1
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -95,11 +102,11 @@ def _handler(command: Command) -> Callable[[argparse.Namespace], int]:
         url = args.url or os.environ.get("CADUCEUS_URL") or DEFAULT_URL
         api_key = args.api_key or os.environ.get("CADUCEUS_API_KEY") or None
         try:
-            with ApiClient(url, api_key) as client:
+            with Client(url, api_key or "") as client:
                 return command(client, args)
-        except ClientError as exc:
+        except CaduceusError as exc:
             print(f"caduceus: error: {exc}", file=sys.stderr)
-            return exc.exit_code
+            return exit_code(exc)
 
     return handle
 
@@ -115,79 +122,75 @@ def _show_run(run: dict[str, Any], as_json: bool, text: str) -> None:
         print(text)
 
 
-def _run(client: ApiClient, args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"input": args.text, "tools": args.tools}
-    body |= {k: v for k, v in (("thread_id", args.thread), ("model", args.model)) if v is not None}
-    run = client.post("/v1/runs", body)
+def _run(client: Client, args: argparse.Namespace) -> int:
+    run = client.submit(args.text, tools=args.tools, thread_id=args.thread, model=args.model)
     if not args.follow:
-        _show_run(run, args.json, f"{run['id']} {run['status']}")
+        _show_run(dict(run.raw), args.json, f"{run.id} {run.status}")
         return 0
     try:
         done = follow(client, run, Progress(sys.stdout, sys.stderr), answer=not args.json)
     except KeyboardInterrupt:
-        print(f"\nthe run goes on; stop it with `caduceus runs cancel {run['id']}`", file=sys.stderr)
+        print(f"\nthe run goes on; stop it with `caduceus runs cancel {run.id}`", file=sys.stderr)
         raise
     if args.json:
         _print_json(done)
     return 0 if done["status"] == "completed" else 1
 
 
-def follow(client: ApiClient, run: dict[str, Any], progress: Progress, *, answer: bool = True) -> Any:
-    """Show ``run`` live until it ends (its events, reconnecting as needed); return its final state."""
-    progress.started(run)
-    for event in client.events(run["id"]):
+def follow(client: Client, run: Run, progress: Progress, *, answer: bool = True) -> dict[str, Any]:
+    """Show ``run`` live until it ends (its events, reconnecting as needed); return its final state, as the
+    API's JSON."""
+    progress.started(run.raw)
+    for event in client.events(run.id):
         progress.event(event)
-    done = client.get(f"/v1/runs/{run['id']}")
+    done = dict(client.get(run.id).raw)
     progress.finished(done, answer=answer)
     return done
 
 
-def _list(client: ApiClient, args: argparse.Namespace) -> int:
-    page = client.get("/v1/runs", limit=args.limit, after=args.after)
+def _list(client: Client, args: argparse.Namespace) -> int:
+    page = client.list(limit=args.limit, after=args.after)
     if args.json:
-        _print_json(page)
+        _print_json(dict(page.raw))
         return 0
-    if not page["data"]:
+    if not page.data:
         print("no runs", file=sys.stderr)
         return 0
-    print("\n".join(run_table(page["data"])))
-    if page["has_more"]:
-        print(f"more: caduceus runs list --after {page['data'][-1]['id']}", file=sys.stderr)
+    print("\n".join(run_table([run.raw for run in page.data])))
+    if page.has_more:
+        print(f"more: caduceus runs list --after {page.data[-1].id}", file=sys.stderr)
     return 0
 
 
-def _show(client: ApiClient, args: argparse.Namespace) -> int:
-    run = client.get(f"/v1/runs/{_path_id(args.id)}")
+def _show(client: Client, args: argparse.Namespace) -> int:
+    run = dict(client.get(args.id).raw)
     _show_run(run, args.json, "\n".join(run_details(run)))
     if args.timeline and not args.json:
         print("\n".join(timeline(client.events(run["id"]))))  # a run in progress: until it ends
     return 0
 
 
-def _cancel(client: ApiClient, args: argparse.Namespace) -> int:
-    run = client.post(f"/v1/runs/{_path_id(args.id)}/cancel")
+def _cancel(client: Client, args: argparse.Namespace) -> int:
+    run = client.cancel(args.id)
     if args.json:
-        _print_json(run)
-    elif run["status"] == "cancelled":
-        print(f"{run['id']} cancelled")
+        _print_json(dict(run.raw))
+    elif run.status == "cancelled":
+        print(f"{run.id} cancelled")
     else:
         # A worker holds the run: it hears of the request within a heartbeat and stops it.
-        print(f"{run['id']} {run['status']}: cancellation requested")
+        print(f"{run.id} {run.status}: cancellation requested")
     return 0
 
 
-def _tools(client: ApiClient, args: argparse.Namespace) -> int:
-    tools = client.get("/v1/tools")["data"]
+def _tools(client: Client, args: argparse.Namespace) -> int:
+    tools = client.tools()
     if args.json:
-        _print_json(tools)
+        _print_json(
+            [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in tools]
+        )
         return 0
-    width = max((len(tool["name"]) for tool in tools), default=0)
+    width = max((len(tool.name) for tool in tools), default=0)
     for tool in tools:
-        summary = tool["description"].strip().splitlines()[0] if tool["description"].strip() else ""
-        print(f"{tool['name']:<{width}}  {summary}")
+        summary = tool.description.strip().splitlines()[0] if tool.description.strip() else ""
+        print(f"{tool.name:<{width}}  {summary}")
     return 0
-
-
-def _path_id(run_id: str) -> str:
-    # An id is one path segment, whatever it holds: a slash in it must not reach another route.
-    return quote(run_id, safe="")

@@ -39,16 +39,33 @@ class ApiError(OrchestratorError):
     """A failure reported to the client with ``status`` and a stable ``code``."""
 
     def __init__(
-        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.headers = headers or {}
+        self.param = param
 
 
-def envelope(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"type": _TYPES.get(status, "api_error"), "code": code, "message": message}}
-    return JSONResponse(body, status_code=status, headers=headers)
+def envelope(
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    *,
+    param: str | None = None,
+) -> JSONResponse:
+    """The error body; ``param`` (the request's field at fault) as OpenAI's errors name it."""
+    error = {"type": _TYPES.get(status, "api_error"), "code": code, "message": message}
+    if param is not None:
+        error["param"] = param
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 def not_found(what: str, ident: str) -> ApiError:
@@ -63,17 +80,26 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return envelope(exc.status, exc.code, exc.message, exc.headers)
+    return envelope(exc.status, exc.code, exc.message, exc.headers, param=exc.param)
 
 
-async def _validation(_: Request, exc: Exception) -> JSONResponse:
+#: The routes in OpenAI's shape answer a request they cannot read with a 400 naming the field, as OpenAI does
+#: (its clients raise ``BadRequestError``); the native API's answer is a 422.
+OPENAI_PATHS = ("/v1/chat/", "/v1/responses", "/v1/models")
+
+
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": "value_error"}
     if first.get("type") == "json_invalid":
         return envelope(400, "invalid_json", "the request body is not valid JSON")
-    message = f"{_field(tuple(first.get('loc', ())))}: {first.get('msg', 'invalid')}"
-    return envelope(422, "validation_error", message)
+    field = _field(tuple(first.get("loc", ())))
+    if not request.url.path.startswith(OPENAI_PATHS):
+        return envelope(422, "validation_error", f"{field}: {first.get('msg', 'invalid')}")
+    if first.get("type") == "extra_forbidden":
+        return envelope(400, "unknown_field", f"{field}: unknown field (not part of this API)", param=field)
+    return envelope(400, "invalid_request", f"{field}: {first.get('msg', 'invalid')}", param=field)
 
 
 async def _http(_: Request, exc: Exception) -> JSONResponse:

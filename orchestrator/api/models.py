@@ -120,35 +120,13 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
 
 
-class ChatMessage(BaseModel):
-    # Clients of the OpenAI API send more fields (name, tool_calls...): tolerated and ignored here.
-    model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=200_000)
-
-
-class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    model: str = Field(max_length=128)
-    messages: list[ChatMessage] = Field(min_length=1, max_length=500)
-    stream: bool = False
-
-
-class ChatChoiceMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str
-
-
-class ChatChoice(BaseModel):
-    index: int = 0
-    message: ChatChoiceMessage
-    finish_reason: str
-
-
-class ChatCompletion(BaseModel):
+class ModelInfo(BaseModel):
     id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "caduceus"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelInfo]

@@ -10,24 +10,21 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from jsonschema.exceptions import SchemaError
-from jsonschema.validators import validator_for
+from pydantic import BaseModel
 
 from orchestrator.api.errors import ApiError, not_found
 from orchestrator.api.hub import EventHub
 from orchestrator.api.models import Message, Run, RunList, RunRequest, ThreadMessage, Usage
+from orchestrator.api.schemas import check_schema
 from orchestrator.errors import RunNotFoundError, UnreadableRunError
 from orchestrator.ports import Limits, RunSpec, Sampling
 from orchestrator.records import RunRecord, run_status
 from orchestrator.runs import first_checkpoint, new_run
 from orchestrator.store_ports import ApiStore, Submitted
 from orchestrator.tracing import trace_id
-from toolbox.errors import SchemaError as BoundsError
 from toolbox.hermes import neutralize, turn
 from toolbox.protocol import ToolSpec
-from toolbox.safe_schema import check_bounds
 
 _TURN = re.compile(r"<\|im_start\|>([a-z]+)\n(.*?)<\|im_end\|>", re.DOTALL)
 
@@ -42,6 +39,7 @@ class Api:
     models: Sequence[str]
     limits: Limits
     constrained: frozenset[str] = frozenset()  # the models whose runs are constrained unless asked not to
+    wait_s: float = 300.0  # how long a response that is neither streamed nor in the background is waited for
 
 
 @dataclass(frozen=True)
@@ -89,21 +87,6 @@ def _model(api: Api, name: str | None) -> str:
     return name
 
 
-def _check_schema(schema: dict[str, Any] | None) -> None:
-    if schema is None:
-        return
-    try:
-        check_bounds(schema, "json_schema")  # first: checking a schema nested without bound recurses so
-    except BoundsError as exc:
-        raise ApiError(422, "validation_error", str(exc)) from None
-    try:
-        validator_for(schema).check_schema(schema)
-    except SchemaError as exc:
-        raise ApiError(
-            422, "validation_error", f"json_schema: not a valid JSON Schema: {exc.message}"
-        ) from None
-
-
 def _limits(api: Api, request: RunRequest) -> Limits:
     given = {k: v for k, v in request.limits.model_dump().items() if v is not None}
     return dataclasses.replace(api.limits, **given)
@@ -113,23 +96,23 @@ def fingerprint(request: RunRequest) -> str:
     return hashlib.sha256(json.dumps(request.model_dump(), sort_keys=True).encode()).hexdigest()
 
 
-def _check_text(request: RunRequest) -> None:
+def check_text(request: BaseModel, status: int = 422) -> None:
     # JSON may carry lone UTF-16 surrogates ("\ud800"), which no UTF-8 store or prompt can hold.
     try:
         json.dumps(request.model_dump(), ensure_ascii=False).encode()
     except UnicodeEncodeError:
         raise ApiError(
-            422,
-            "validation_error",
+            status,
+            "validation_error" if status == 422 else "invalid_request",
             "body: holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text",
         ) from None
 
 
 async def submit(api: Api, tenant: str, request: RunRequest, idempotency_key: str | None) -> Run:
     """Create and enqueue the run, or return the run an earlier request with the same key created."""
-    _check_text(request)
+    check_text(request)
     model, tools = _model(api, request.model), _tools(api, request.tools)
-    _check_schema(request.json_schema)
+    check_schema(request.json_schema, "json_schema")
     talk = _conversation(request)
     run_id = f"run_{uuid.uuid4().hex}"
     spec = _spec(api, tenant, request, talk, run_id, model=model, tools=tools)  # before anything is written

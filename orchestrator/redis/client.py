@@ -199,6 +199,8 @@ class Scripts:
     submit: AsyncScript
     start: AsyncScript
     list_runs: AsyncScript
+    run_turns: AsyncScript
+    delete: AsyncScript
 
     @classmethod
     def on(cls, redis: Redis) -> Scripts:

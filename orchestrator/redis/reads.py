@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from redis.asyncio import Redis
 from redis.typing import EncodableT
@@ -28,7 +28,7 @@ from orchestrator.records import (
 )
 from orchestrator.redis import record as fields
 from orchestrator.redis.client import Link, translated
-from orchestrator.redis.keys import ID, Keys, check_id, runs_key, thread_key
+from orchestrator.redis.keys import ID, Keys, check_id, runs_key, thread_key, thread_prefix
 from orchestrator.redis.runs import EVENTS_MAXLEN
 from orchestrator.store_ports import RunRef, StoredRun
 
@@ -78,6 +78,18 @@ class RedisReads:
         return [fields.text(turn) for turn in await self._redis.lrange(thread_key(tenant, thread_id), 0, -1)]
 
     @translated
+    async def run_turns(self, tenant: str, run_id: str) -> tuple[StoredRun, list[str]] | None:
+        """The run's spec and record and the turns it committed, in one script."""
+        keys = Keys.of(tenant, run_id)
+        hashed, leased, turns = await self.link.scripts.run_turns(
+            keys=[keys.run, keys.lease], args=[thread_prefix(tenant)]
+        )
+        stored = {fields.text(hashed[i]): hashed[i + 1] for i in range(0, len(hashed), 2)}
+        if fields.SPEC not in stored:
+            return None
+        return _stored(tenant, run_id, stored, leased=bool(leased)), [fields.text(turn) for turn in turns]
+
+    @translated
     async def events(
         self, tenant: str, run_id: str, after: str = "0-0", *, block_ms: int | None = None
     ) -> list[Event]:
@@ -104,6 +116,15 @@ class RedisReads:
         script_keys = [keys.run, keys.cancel, keys.lease, keys.events]
         found = await self.link.scripts.cancel(keys=script_keys, args=args)
         return None if found is None else stored_status(fields.text(found))
+
+    @translated
+    async def delete(self, tenant: str, run_id: str) -> Literal["deleted", "busy"] | None:
+        keys = Keys.of(tenant, run_id)
+        script_keys = [keys.run, keys.steps, keys.events, keys.ledger, keys.repeats, keys.cancel, keys.lease]
+        found = await self.link.scripts.delete(keys=[*script_keys, runs_key(tenant)], args=[run_id])
+        if found is None:
+            return None
+        return "busy" if fields.text(found) == "busy" else "deleted"
 
     @translated
     async def ping(self) -> bool:

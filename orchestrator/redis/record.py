@@ -14,7 +14,7 @@ from typing import Any
 
 from orchestrator.errors import UnreadableRunError
 from orchestrator.ports import Outcome
-from orchestrator.records import RunRecord, stored_status
+from orchestrator.records import RunRecord, decode_awaiting, encode_awaiting, stored_status
 
 SPEC = "spec"
 STATUS = "status"
@@ -33,6 +33,9 @@ STOP_REASON = "stop_reason"
 OUTPUT = "output"
 VALUE = "value"
 ERROR = "error"
+FIRST_TURN = "first_turn"
+TURN_COUNT = "turn_count"
+AWAITING = "awaiting"
 #: Every field of a run's hash.
 FIELDS = frozenset(
     {
@@ -53,6 +56,9 @@ FIELDS = frozenset(
         OUTPUT,
         VALUE,
         ERROR,
+        FIRST_TURN,
+        TURN_COUNT,
+        AWAITING,
     }
 )
 
@@ -62,8 +68,8 @@ def text(value: bytes | str | None) -> str:
 
 
 def encode(record: RunRecord) -> dict[str, str]:
-    """The record's fields, as text (but ``leased``, which is the lease key's, and the end's fields while
-    the run has not ended)."""
+    """The record's fields, as text (but ``leased``, which is the lease key's, the end's fields while the
+    run has not ended, and where its turns are: the submission's script and each commit write those)."""
     fields = {
         THREAD: record.thread,
         CREATED_AT: repr(record.created_at),
@@ -82,6 +88,8 @@ def encode(record: RunRecord) -> dict[str, str]:
     fields |= {name: repr(v) if isinstance(v, float) else v for name, v in ends.items() if v is not None}
     if record.stop_reason is not None:
         fields[VALUE] = json.dumps(record.value)
+    if record.awaiting:
+        fields[AWAITING] = encode_awaiting(record.awaiting)
     return fields
 
 
@@ -122,6 +130,9 @@ def _decode(fields: Mapping[str, bytes | str], status: str, leased: bool) -> Run
         output=optional(OUTPUT),
         value=json.loads(get(VALUE, "null")),
         error=optional(ERROR),
+        first_turn=int(get(FIRST_TURN, "0")),
+        turn_count=int(get(TURN_COUNT, "0")),
+        awaiting=decode_awaiting(get(AWAITING, "[]")),
         leased=leased,
     )
 
@@ -135,13 +146,16 @@ def _trace(raw: str) -> dict[str, str]:
 
 def ending(outcome: Outcome, now: float) -> dict[str, str]:
     """The fields a finished run's end sets (its last commit, or ``finish``)."""
-    return {
+    fields = {
         STATUS: "finished",
         FINISHED_AT: repr(now),
         STOP_REASON: outcome.stop_reason,
         OUTPUT: outcome.output,
         VALUE: json.dumps(outcome.value),
     }
+    if outcome.awaiting:
+        fields[AWAITING] = encode_awaiting(outcome.awaiting)
+    return fields
 
 
 def cancelled() -> dict[str, str]:

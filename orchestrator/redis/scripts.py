@@ -57,6 +57,7 @@ redis.call('HSET', KEYS[1], $field:step, step + 1, $field:window_start, ARGV[3],
 redis.call('HSET', KEYS[1], $field:status, $status:running)
 redis.call('HINCRBY', KEYS[1], $field:prompt_tokens, ARGV[4])
 redis.call('HINCRBY', KEYS[1], $field:completion_tokens, ARGV[5])
+redis.call('HINCRBY', KEYS[1], $field:turn_count, n)
 redis.call('RPUSH', KEYS[3], ARGV[7])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*', 'kind', $event:step, 'data', ARGV[7])
 if ARGV[11] ~= '' then
@@ -203,18 +204,23 @@ return status
 # KEYS: thread, run, the thread's run (claim), the tenant's run index, queue, the idempotency key (any key
 # when there is none). ARGV: run id, tenant, ttl, now, thread must exist ("1"/"0"), the idempotency
 # binding JSON ("" for none), its ttl, the prefix of the tenant's run keys, index cutoff score, index
-# size, enqueue ("1"/"0"), claim the thread ("1"/"0"), number of turns, the turns..., then the record's
-# field/value pairs.
+# size, enqueue ("1"/"0"), claim the thread ("1"/"0"), the run the thread's latest must be ("" for any),
+# number of turns (at least one), the turns..., then the record's field/value pairs.
 # A whole submission, atomically: replays an idempotency key bound already ({'idem', binding}), refuses an
-# unknown thread ({'no_thread'}) or, when claiming, a thread whose run is still queued or running ({'busy',
-# run}); else appends the turns, writes the record, claims the thread (for as long as the record lasts),
-# indexes and queues the run and binds the key ({'ok'}).
+# unknown thread ({'no_thread'}), a thread whose latest run is not the one it must follow ({'moved',
+# latest}) or, when claiming, a thread whose run is still queued or running ({'busy', run}); else appends
+# the turns, writes the record (with where the run's own turns will start), claims the thread (for as
+# long as the record lasts), indexes and queues the run and binds the key ({'ok', where its turns start}).
 SUBMIT = lua("""
 if ARGV[6] ~= '' then
   local held = redis.call('GET', KEYS[6])
   if held then return {'idem', held} end
 end
 if ARGV[5] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return {'no_thread'} end
+if ARGV[13] ~= '' then
+  local latest = redis.call('GET', KEYS[3])
+  if latest ~= ARGV[13] then return {'moved', latest or ''} end
+end
 if ARGV[12] == '1' then
   local holder = redis.call('GET', KEYS[3])
   if holder and holder ~= ARGV[1] then
@@ -223,16 +229,41 @@ if ARGV[12] == '1' then
   end
   redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3])
 end
-local n = tonumber(ARGV[13])
-redis.call('RPUSH', KEYS[1], unpack(ARGV, 14, 13 + n))
-redis.call('HSET', KEYS[2], unpack(ARGV, 14 + n, #ARGV))
+local n = tonumber(ARGV[14])
+local length = redis.call('RPUSH', KEYS[1], unpack(ARGV, 15, 14 + n))
+redis.call('HSET', KEYS[2], unpack(ARGV, 15 + n, #ARGV))
+redis.call('HSET', KEYS[2], $field:first_turn, length)
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[9])
 redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -tonumber(ARGV[10]) - 1)
 for i = 1, 4 do if i ~= 3 then redis.call('EXPIRE', KEYS[i], ARGV[3]) end end
 if ARGV[11] == '1' then redis.call('XADD', KEYS[5], '*', 'tenant', ARGV[2], 'run', ARGV[1]) end
 if ARGV[6] ~= '' then redis.call('SET', KEYS[6], ARGV[6], 'EX', ARGV[7]) end
-return {'ok'}
+return {'ok', length}
+""")
+
+# KEYS: run, lease. ARGV: the prefix of the tenant's thread keys.
+# A run's record and the turns it committed itself, in one round trip: {the record's fields, whether a
+# worker holds it, the turns}.
+RUN_TURNS = lua("""
+local thread = redis.call('HGET', KEYS[1], $field:thread)
+local first = tonumber(redis.call('HGET', KEYS[1], $field:first_turn) or '0')
+local count = tonumber(redis.call('HGET', KEYS[1], $field:turn_count) or '0')
+local turns = {}
+if thread and count > 0 then turns = redis.call('LRANGE', ARGV[1] .. thread, first, first + count - 1) end
+return {redis.call('HGETALL', KEYS[1]), redis.call('EXISTS', KEYS[2]), turns}
+""")
+
+# KEYS: run, steps, events, ledger, repeats, cancel, lease, the tenant's run index. ARGV: run id.
+# Deletes a run that is over (its thread stays: other runs continue it): 'deleted'; 'busy' for a run
+# still queued or running; nil when there is no such run.
+DELETE = lua("""
+local status = redis.call('HGET', KEYS[1], $field:status)
+if not status then return false end
+if status == $status:queued or status == $status:running then return 'busy' end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
+redis.call('ZREM', KEYS[8], ARGV[1])
+return 'deleted'
 """)
 
 # KEYS: a tenant's run index. ARGV: the run id to list after ("" for the newest), count.

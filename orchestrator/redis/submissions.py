@@ -7,6 +7,7 @@ claims the thread (for as long as the record lasts), indexes and queues the run 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -18,8 +19,7 @@ from orchestrator.records import RunRecord, encode_spec
 from orchestrator.redis import record as fields
 from orchestrator.redis.client import Link
 from orchestrator.redis.keys import QUEUE, Keys, idempotency_key, run_prefix, runs_key, thread_run_key
-from orchestrator.runs import user_turn
-from orchestrator.store_ports import Submitted
+from orchestrator.store_ports import Submitted, input_turns
 
 IDEMPOTENCY_TTL_S = 24 * 3600
 RUNS_INDEX_MAX = 10_000  # the most runs a tenant's index keeps (the newest)
@@ -33,13 +33,14 @@ class RedisSubmissions:
         self,
         spec: RunSpec,
         ckpt: Checkpoint,
-        text: str,
+        text: str | None,
         *,
         enqueue: bool = True,
         earlier: Sequence[str] = (),
         claim: bool = False,
         existing_thread: bool = False,
         idempotency: tuple[str, str] | None = None,
+        follows: str | None = None,
     ) -> Submitted:
         """As ``store_ports.Submissions.submit`` says. The run stays in its tenant's index for ``ttl_s``
         after its submission; its claim on the thread lasts as long as its record."""
@@ -47,7 +48,7 @@ class RedisSubmissions:
         record = RunRecord.queued(spec, ckpt, now)
         stored: dict[str, str | bytes] = {fields.SPEC: encode_spec(spec)}  # refuses, before any write
         stored |= fields.encode(record)
-        turns = [*earlier, user_turn(text)]
+        turns = input_turns(earlier, text)
         args: list[EncodableT] = [
             spec.run_id,
             spec.tenant,
@@ -61,6 +62,7 @@ class RedisSubmissions:
             RUNS_INDEX_MAX,
             "1" if enqueue else "0",
             "1" if claim else "0",
+            follows or "",
             len(turns),
             *turns,
             *(part for pair in stored.items() for part in pair),
@@ -86,10 +88,12 @@ def _binding(spec: RunSpec, idempotency: tuple[str, str] | None) -> str:
 def _submitted(spec: RunSpec, record: RunRecord, reply: list[bytes]) -> Submitted:
     kind = fields.text(reply[0])
     if kind == "ok":
-        return Submitted("created", spec.run_id, record)
+        return Submitted("created", spec.run_id, dataclasses.replace(record, first_turn=int(reply[1])))
     if kind == "idem":
         held = json.loads(reply[1])
         return Submitted("replay", str(held["run"]), fingerprint=str(held["fingerprint"]))
     if kind == "busy":
         return Submitted("busy", fields.text(reply[1]))
+    if kind == "moved":
+        return Submitted("moved", fields.text(reply[1]))
     return Submitted("no_thread", spec.run_id)

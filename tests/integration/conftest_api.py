@@ -6,8 +6,6 @@ the in-memory store instead: ``tests/unit/api_memory.py``.)"""
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 import socket
 import threading
 import time
@@ -24,27 +22,7 @@ from orchestrator.loop import Agent
 from orchestrator.memory import FunctionExecutor
 from orchestrator.redis import RedisStore, RunQueue, connect
 from orchestrator.worker import Worker
-from tests.api_support import ECHO, KEYS, PAUSE, A, frames
-
-_USER = re.compile(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", re.DOTALL)
-
-
-def call(name: str, **arguments: Any) -> str:
-    return f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments})}\n</tool_call>"
-
-
-def script(prompt: str) -> str:
-    """Stateless: 'crash ...' breaks the engine; 'slow ...' pauses for ever (until cancelled or out of steps); 'tool ...' calls echo once;
-    anything else is answered at once with 'echo: <the last user text>'."""
-    last = _USER.findall(prompt)[-1]
-    tool_turns = prompt[prompt.rfind("<|im_start|>user\n") :].count("<|im_start|>tool\n")
-    if last.startswith("crash"):
-        raise RuntimeError("the engine broke")  # the worker records the run as failed
-    if last.startswith("slow"):
-        return call("pause", s=0.05, n=tool_turns)  # n varies, so it is never a repeated call
-    if last.startswith("tool") and tool_turns == 0:
-        return call("echo", text=last)
-    return f"echo: {last}"
+from tests.api_support import ECHO, KEYS, PAUSE, A, frames, script
 
 
 async def _pause(s: float, n: int = 0) -> str:
@@ -71,7 +49,8 @@ class Service:
     async def _main(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         api_redis, worker_redis = connect(self._redis_url), connect(self._redis_url)
-        app = create_app(RedisStore(api_redis), keys=KEYS, tools=[ECHO, PAUSE], **self._options)
+        options = {"engine": ScriptedEngine(script), "tools": [ECHO, PAUSE], **self._options}
+        app = create_app(RedisStore(api_redis), keys=KEYS, **options)
         port = int(self.url.rsplit(":", 1)[1])
         config = uvicorn.Config(
             app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", ws="none"

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 def test_no_request_makes_the_service_fail(redis_url: str) -> None:
     # A generous rate limit, so the examples reach the handlers instead of stopping at 429.
-    options = {"rate_per_s": 10_000, "burst": 10_000, "chat_wait_s": 10}
+    options = {"rate_per_s": 10_000, "burst": 10_000}
     with Service(redis_url, worker=True, **options).running() as service:
         schema = schemathesis.openapi.from_url(f"{service.url}/openapi.json")
         operations = [result.ok() for result in schema.get_all_operations()]

@@ -89,3 +89,20 @@ def test_a_submission_is_one_command_on_redis(redis_url: str) -> None:
             follow = http.post("/v1/runs", json={"input": "and on", "thread_id": thread}, headers=A)
         assert follow.status_code == 202, follow.text
         assert seen.counts() == {"evalsha": 1}, seen
+
+
+def test_a_new_response_is_one_command_and_one_that_continues_another_reads_it_first(redis_url: str) -> None:
+    with api_client(redis_url, worker=False) as http:
+        warm = {"input": "warm up", "background": True}
+        assert http.post("/v1/responses", json=warm, headers=A).status_code == 200
+        with received(redis_url) as seen:
+            first = http.post("/v1/responses", json={"input": "a new one", "background": True}, headers=A)
+        assert first.status_code == 200, first.text
+        assert seen.counts() == {"evalsha": 1}, seen
+        assert http.post(f"/v1/responses/{first.json()['id']}/cancel", headers=A).status_code == 200
+        body = {"input": "and on", "background": True, "previous_response_id": first.json()["id"]}
+        with received(redis_url) as seen:
+            follow = http.post("/v1/responses", json=body, headers=A)
+        assert follow.status_code == 200, follow.text
+        # The previous response's record (one pipelined read: its hash and its lease), then the submission.
+        assert seen.counts() == {"hgetall": 1, "exists": 1, "evalsha": 1}, seen

@@ -176,6 +176,30 @@ def test_one_run_is_one_trace_across_the_api_orchestrator_llm_and_tool_worker_pr
             assert span.service == "caduceus-api" and span.attributes["http.response.status_code"] == "202"
 
 
+def test_chat_completions_go_from_the_api_straight_to_the_models_deployment(service: httpx.Client) -> None:
+    calculator = {
+        "type": "function",
+        "function": {
+            "name": "calculator",
+            "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}},
+        },
+    }
+    body = {"messages": [{"role": "user", "content": "17 * 23?"}], "tools": [calculator]}
+    runs = len(service.get("/v1/runs", headers=A).json()["data"])
+    response = service.post("/v1/chat/completions", json={"model": "hermes-3-3b", **body}, headers=A)
+    assert response.status_code == 200, response.text
+    (choice,) = response.json()["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["tool_calls"][0]["function"] == {
+        "name": "calculator",
+        "arguments": '{"expression": "17 * 23"}',
+    }
+    assert choice["message"]["content"].startswith("(replica ")  # the LLM deployment's own words
+    assert len(service.get("/v1/runs", headers=A).json()["data"]) == runs  # no run: a model, not an agent
+    other = service.post("/v1/chat/completions", json={"model": "hermes-2-theta-70b", **body}, headers=A)
+    assert other.status_code == 200 and other.json()["model"] == "hermes-2-theta-70b"
+
+
 def test_runs_reach_the_model_they_name_on_its_placement(service: httpx.Client) -> None:
     created = _submit(service, "hello", model="hermes-2-theta-70b")
     run = _finished(service, created["id"])

@@ -290,3 +290,70 @@ def test_event_data_is_json_the_api_can_pass_on(on_store: On[None]) -> None:
         assert json.loads(json.dumps(event.data)) == event.data
 
     on_store(body)
+
+
+def test_a_run_reads_back_with_the_turns_it_committed_and_its_awaited_calls(on_store: On[None]) -> None:
+    weather = ToolSpec("weather", "Weather.", {"type": "object", "properties": {}})
+
+    async def body(store: Store) -> None:
+        await submit(store, "r0")
+        await store.request_cancel("acme", "r0")  # frees the thread
+        spec = new_run(
+            tenant="acme", thread_id="th", run_id="r1", tools=[ECHO, weather], client_tools=["weather"]
+        )
+        done = await store.submit(spec, first_checkpoint(spec, []), "hi", claim=True)
+        assert (done.kind, done.record.first_turn, done.record.turn_count) == ("created", 2, 0)
+        loaded, ckpt, _ = await store.load("acme", "r1")
+        assert loaded.client_tools == ("weather",)
+        weather_call = '<tool_call>\n{"name": "weather", "arguments": {}}\n</tool_call>'
+        engine = ScriptedEngine([call("x"), call("y") + weather_call])
+        outcome = await Agent(engine, FunctionExecutor({"echo": lambda text: text}), store).run(loaded, ckpt)
+        assert outcome.stop_reason == "tool_calls"
+        found = await store.run_turns("acme", "r1")
+        assert found is not None
+        (_, record), turns = found
+        assert (record.first_turn, record.turn_count, len(turns)) == (2, 3, 3)
+        assert turns == (await store.thread("acme", "th"))[2:]
+        roles = [t.split("\n", 1)[0].removeprefix("<|im_start|>") for t in turns]
+        assert roles == ["assistant", "tool", "assistant"]
+        assert record.awaiting == outcome.awaiting and len(record.awaiting) == 2
+        assert run_status(record) == "requires_action"
+        assert await store.run_turns("acme", "r_none") is None
+        assert await store.run_turns("globex", "r1") is None
+
+    on_store(body)
+
+
+def test_a_run_may_follow_only_its_threads_latest_run_and_may_add_no_user_turn(on_store: On[None]) -> None:
+    async def body(store: Store) -> None:
+        await submit(store, "r1", claim=True)
+        await store.request_cancel("acme", "r1")
+        moved = await submit(store, "r2", claim=True, existing_thread=True, follows="r0")
+        assert (moved.kind, moved.run_id) == ("moved", "r1")
+        assert await store.record("acme", "r2") is None and len(await store.thread("acme", "th")) == 1
+        spec = spec_of("r2")
+        tool_turn = "<|im_start|>tool\n<tool_response>\n{}\n</tool_response>\n<|im_end|>\n"
+        done = await store.submit(
+            spec, first_checkpoint(spec, []), None, earlier=[tool_turn], claim=True, follows="r1"
+        )
+        assert (done.kind, done.record.first_turn) == ("created", 2)
+        assert (await store.thread("acme", "th"))[1:] == [tool_turn]
+        with pytest.raises(ValueError, match="at least one turn"):
+            await store.submit(spec_of("r3"), first_checkpoint(spec, []), None)
+
+    on_store(body)
+
+
+def test_a_run_that_is_over_can_be_deleted_and_its_thread_stays(on_store: On[None]) -> None:
+    async def body(store: Store) -> None:
+        await submit(store, "r1")
+        assert await store.delete("acme", "r1") == "busy"
+        assert await store.delete("globex", "r1") is None
+        await store.request_cancel("acme", "r1")
+        assert await store.delete("acme", "r1") == "deleted"
+        assert await store.record("acme", "r1") is None and await store.events("acme", "r1") == []
+        assert (await store.runs("acme", limit=10))[0] == []
+        assert await store.delete("acme", "r1") is None
+        assert len(await store.thread("acme", "th")) == 1
+
+    on_store(body)

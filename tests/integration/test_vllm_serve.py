@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import ray
 from ray import serve
@@ -26,6 +27,7 @@ from ray.util import placement_group_table
 from deploy import service_demo
 from deploy.app import LLM_PREFIX, build_app
 from deploy.model_files import model_directory
+from tests.integration import real_clients
 from tests.integration.conftest_api import sse
 from tests.integration.otlp_receiver import Receiver, rotel, spans
 from tests.integration.prometheus import (
@@ -357,3 +359,31 @@ def test_every_dashboard_query_has_data_in_prometheus_after_a_short_load(
     chats = {s.span_id for s in traced() if s.name == f"chat {NAME}"}
     served = [s for s in traced() if s.name == "llm_request"]
     assert len(served) == 2 and all(s.parent_id in chats for s in served), [s.name for s in traced()]
+
+
+@pytest.fixture(scope="module")
+def sdk(service: httpx.Client) -> Iterator[openai.OpenAI]:
+    url = str(service.base_url).rstrip("/")
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="key-a", max_retries=0, timeout=120) as client:
+        yield client
+
+
+def test_the_openai_sdk_on_chat_completions_with_the_real_model(sdk: openai.OpenAI) -> None:
+    assert [model.id for model in sdk.models.list().data] == [NAME]
+    real_clients.chat(sdk, NAME)
+
+
+def test_the_openai_sdk_on_responses_with_the_real_model(sdk: openai.OpenAI) -> None:
+    real_clients.responses(sdk, NAME)
+
+
+def test_the_readmes_examples_run_as_written_against_the_service(service: httpx.Client) -> None:
+    curl, client, chat, agents, responses = real_clients.readme(str(service.base_url).rstrip("/"))
+    assert "event: finished" in curl and '"status":"completed"' in curl.replace(" ", "")
+    assert "tool_call" in client.split() and client.splitlines()[-1]  # its events, then the answer
+    assert agents.strip().lstrip("-").isdigit()  # the tool's result: the agent stopped on its first call
+    told = [line.split() for line in responses.splitlines() if re.fullmatch(r"[0-9]+ response\.\S+", line)]
+    numbers = [int(number) for number, _ in told]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers))) and numbers[0] > 1
+    assert told[-1][1] in ("response.completed", "response.incomplete")
+    assert chat.strip() != "None"

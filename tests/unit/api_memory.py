@@ -17,7 +17,7 @@ from orchestrator.engines import ScriptedEngine
 from orchestrator.loop import Agent
 from orchestrator.memory import FunctionExecutor, MemoryStore
 from orchestrator.ports import Outcome, RunSpec
-from tests.api_support import ECHO, KEYS, PAUSE
+from tests.api_support import ECHO, KEYS, PAUSE, script
 
 T = TypeVar("T")
 
@@ -55,6 +55,7 @@ def memory_api(**options: Any) -> Iterator[MemoryApi]:
     """The API (``create_app`` with ``options``) over a fresh ``MemoryStore``; keys and tools as
     ``tests.api_support`` has them."""
     store = MemoryStore()
-    app = create_app(store, keys=KEYS, tools=[ECHO, PAUSE], **options)
+    options = {"engine": ScriptedEngine(script), "tools": [ECHO, PAUSE], **options}
+    app = create_app(store, keys=KEYS, **options)
     with TestClient(app, base_url="http://api") as http:
         yield MemoryApi(http, store)

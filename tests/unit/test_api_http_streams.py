@@ -85,6 +85,6 @@ def test_a_failed_run_ends_its_stream_with_failed(api: MemoryApi) -> None:
 def test_chat_completions_refuse_an_unknown_model_in_the_envelope(api: MemoryApi) -> None:
     body = {"model": "gpt-9", "messages": [{"role": "user", "content": "hey"}]}
     response = api.http.post("/v1/chat/completions", json=body, headers=A)
-    assert response.status_code == 422
-    assert "model" in response.json()["error"]["message"]
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "model"
     assert api.store.queue == []

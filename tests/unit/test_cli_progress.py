@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 
-from deploy.commands.api_client import Event, read_sse
+from caduceus import Event
+from caduceus._core import read_sse
 from deploy.commands.progress import Progress, describe, run_table, summary
 
 

@@ -9,13 +9,39 @@ from toolbox.hermes import render_json_mode, render_prompt, turn
 from toolbox.protocol import AssistantMessage, Message, ToolMessage, ToolResult, ToolSpec, UserMessage
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+#: The section whose examples talk to a running service: ``tests/integration/test_vllm_serve.py`` runs
+#: them against the whole service (``service_examples``).
+SERVICE_SECTION = "## Talking to the service"
+
+
+def service_examples() -> list[tuple[str, str]]:
+    """The (language, code) of each example in the README's service section, in order."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index(SERVICE_SECTION)
+    section = text[start : text.index("\n## ", start + 1)]
+    return re.findall(r"```(sh|python)\n(.*?)```", section, re.DOTALL)
 
 
 def test_readme_python_example_runs(capsys: object) -> None:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.DOTALL)
+    text = README.read_text(encoding="utf-8")
+    start = text.index(SERVICE_SECTION)
+    local = text[:start] + text[text.index("\n## ", start + 1) :]
+    blocks = re.findall(r"```python\n(.*?)```", local, re.DOTALL)
     assert blocks, "the README lost its Python example"
     for block in blocks:
         exec(compile(block, str(README), "exec"), {"__name__": "readme"})
+
+
+def test_the_service_section_shows_each_client() -> None:
+    code = "\n".join(block for _, block in service_examples())
+    for client in (
+        "/v1/runs",
+        "from caduceus import Client",
+        "chat.completions.create",
+        "from agents import",
+    ):
+        assert client in code
+    assert "responses.create" in code and "starting_after" in code and "get_weather" not in code
 
 
 def test_readme_wire_format_examples_are_exact() -> None:

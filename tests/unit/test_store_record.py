@@ -93,5 +93,5 @@ def test_scripts_name_only_the_codecs_fields_statuses_and_event_kinds() -> None:
         with pytest.raises(KeyError):
             scripts.lua(wrong)
     texts = [text for name, text in vars(scripts).items() if name.isupper() and isinstance(text, str)]
-    assert len(texts) == 13 and not any("$" in text for text in texts)
+    assert len(texts) == 15 and not any("$" in text for text in texts)
     assert json.loads(json.dumps(codec.cancelled())) == codec.cancelled()

@@ -102,17 +102,34 @@ async def escapes(root: Path) -> list[probes.Verdict]:
     return verdicts
 
 
+def _host_mounts() -> int:
+    with open("/proc/self/mountinfo") as mounts:
+        return sum(1 for _ in mounts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200, help="calls per series (default 200)")
     args = parser.parse_args()
+    # Every mount left in the host's table makes each new sandbox's mount namespace slower to create
+    # (1,500 left by interrupted runs doubled the cold start): say how many there are.
+    mounts = _host_mounts()
+    print(f"isolation: {detect().mechanism}; {args.calls} calls per series; {mounts} host mounts")
     root = Path(tempfile.mkdtemp(prefix="caduceus-bench-"))
-    print(f"isolation: {detect().mechanism}; {args.calls} calls per series")
-    cold = asyncio.run(sandboxed(args.calls, root, "cold", binding="at_start", spare=0))
-    warm = asyncio.run(sandboxed(args.calls, root, "warm"))
-    first = asyncio.run(sandboxed(args.calls, root, "first", fresh=True))
-    forked = asyncio.run(sandboxed(args.calls, root, "forked", spare=0))
-    plain = plain_subprocess(args.calls)
+    try:
+        result = measure(args.calls, root) | {"host_mounts_at_start": mounts}
+    finally:  # the bench's scratch volumes go with it (unmounted, deleted), even when interrupted
+        ScratchStore(root).sweep(now=math.inf)
+        shutil.rmtree(root, ignore_errors=True)
+    print("RESULT " + json.dumps(result))
+
+
+def measure(calls: int, root: Path) -> dict[str, object]:
+    cold = asyncio.run(sandboxed(calls, root, "cold", binding="at_start", spare=0))
+    warm = asyncio.run(sandboxed(calls, root, "warm"))
+    first = asyncio.run(sandboxed(calls, root, "first", fresh=True))
+    forked = asyncio.run(sandboxed(calls, root, "forked", spare=0))
+    plain = plain_subprocess(calls)
     series = (
         ("cold", cold),
         ("warm", warm),
@@ -126,10 +143,9 @@ def main() -> None:
         print(f"{name:<14}{p50:>10.1f}{p99:>10.1f}{mean:>10.1f}")
     verdicts = asyncio.run(escapes(root))
     for verdict in verdicts:
-        print(
-            f"  {'contained' if verdict.contained else 'ESCAPED  '}  {verdict.seconds:5.2f} s  {verdict.name}"
-        )
-    result = {
+        verdict_word = "contained" if verdict.contained else "ESCAPED  "
+        print(f"  {verdict_word}  {verdict.seconds:5.2f} s  {verdict.name}")
+    return {
         "isolation": detect().mechanism,
         "cold_p50_ms": round(percentile(cold, 50), 2),
         "cold_p99_ms": round(percentile(cold, 99), 2),
@@ -142,9 +158,6 @@ def main() -> None:
         "escapes_contained": sum(v.contained for v in verdicts),
         "escapes_total": len(verdicts),
     }
-    ScratchStore(root).sweep(now=math.inf)  # the bench's scratch volumes go with it (unmounted, deleted)
-    shutil.rmtree(root, ignore_errors=True)
-    print("RESULT " + json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from caduceus import CaduceusError, Client
 from deploy.commands.client import exit_code, follow
 from deploy.commands.progress import Progress
 from deploy.config import ServiceConfig, load_config
 from deploy.demo_tools import ANSWER_INSTRUCTION
 from deploy.local_redis import free_port
 from deploy.local_service import LOCAL_TENANT, local_service
+from orchestrator.client import CaduceusError, Client
 from orchestrator.ports import conversation_key
 from toolbox.hermes import parse
 

@@ -24,9 +24,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from caduceus import APIConnectionError, APIError, CaduceusError, Client, Run
 from deploy.commands.progress import Progress, run_details, run_table
 from deploy.commands.timeline import timeline
+from orchestrator.client import APIConnectionError, APIError, CaduceusError, Client, Run
 
 Command = Callable[[Client, argparse.Namespace], int]
 DEFAULT_URL = "http://127.0.0.1:8000"

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
-from caduceus import Event
+from orchestrator.client import Event
 
 _CLIP = 120  # characters of arguments and results shown on a progress line
 

@@ -5,17 +5,17 @@ arguments and outcome."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from deploy.commands.api_client import Event
+from orchestrator.client import Event
 
 WIDTH = 40  # characters of the longest step's bars
 
 
 def timeline(events: Iterable[Event]) -> list[str]:
     """The lines of a run's timeline, from its events (``step``, ``tool_call``, ``tool_result``)."""
-    steps: list[dict[str, Any]] = []
+    steps: list[Mapping[str, Any]] = []
     calls: dict[str, list[str]] = {}
     for event in events:
         if event.kind == "step":
@@ -35,14 +35,14 @@ def timeline(events: Iterable[Event]) -> list[str]:
     return lines
 
 
-def _step_line(step: dict[str, Any], longest: float) -> str:
+def _step_line(step: Mapping[str, Any], longest: float) -> str:
     model, tools = float(step.get("model_s", 0)), float(step.get("tools_s", 0))
     bars = "#" * round(WIDTH * model / longest) + "=" * round(WIDTH * tools / longest)
     named = f"  {', '.join(step['calls'])}" if step.get("calls") else ""
     return f"step {step['step']:>3}  {bars:<{WIDTH}}  model {model:.3f} s  tools {tools:.3f} s{named}"
 
 
-def _outcome(data: dict[str, Any]) -> str:
+def _outcome(data: Mapping[str, Any]) -> str:
     if data.get("ok"):
         return f"<- {data['name']} ok: {data.get('content', '')}"
     error = data.get("error") or {}

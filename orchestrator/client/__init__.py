@@ -2,7 +2,7 @@
 stream is resumed with ``Last-Event-ID``), wait for it, cancel it, list runs. Sync (``Client``) and async
 (``AsyncClient``), typed, on httpx; it imports nothing of the service.
 
-    from caduceus import Client
+    from orchestrator.client import Client
 
     with Client() as client:  # $CADUCEUS_URL and $CADUCEUS_API_KEY
         run = client.submit("What is 17 * 23?", tools=["calculator"])
@@ -14,8 +14,8 @@ For a model (the client runs its tools), use any OpenAI client on ``/v1/chat/com
 in OpenAI's Responses shape, ``/v1/responses``.
 """
 
-from caduceus._async import AsyncClient
-from caduceus._errors import (
+from orchestrator.client._async import AsyncClient
+from orchestrator.client._errors import (
     APIConnectionError,
     APIError,
     APITimeoutError,
@@ -27,8 +27,8 @@ from caduceus._errors import (
     NotFoundError,
     RateLimitError,
 )
-from caduceus._sync import Client
-from caduceus._types import Event, Message, Run, RunPage, Tool, Usage
+from orchestrator.client._sync import Client
+from orchestrator.client._types import Event, Message, Run, RunPage, Tool, Usage
 
 __all__ = [
     "APIConnectionError",

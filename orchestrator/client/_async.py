@@ -12,9 +12,9 @@ from urllib.parse import quote
 
 import httpx
 
-from caduceus import _core
-from caduceus._errors import APIConnectionError, InternalServerError
-from caduceus._types import FINAL, Event, Message, Run, RunPage, Tool
+from orchestrator.client import _core
+from orchestrator.client._errors import APIConnectionError, InternalServerError
+from orchestrator.client._types import FINAL, Event, Message, Run, RunPage, Tool
 
 
 class AsyncClient:

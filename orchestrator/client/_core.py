@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 
-from caduceus._errors import APIConnectionError, APIError, APITimeoutError, api_error
-from caduceus._types import Event, Run, RunPage, Tool
+from orchestrator.client._errors import APIConnectionError, APIError, APITimeoutError, api_error
+from orchestrator.client._types import Event, Run, RunPage, Tool
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 #: The service sends a keep-alive comment after about 15 idle seconds: a minute of silence is a dead link.

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-import caduceus
+from orchestrator import client as caduceus
 from tests.integration.conftest_api import Service, free_port
 
 pytestmark = pytest.mark.integration

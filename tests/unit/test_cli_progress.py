@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import io
 
-from caduceus import Event
-from caduceus._core import read_sse
 from deploy.commands.progress import Progress, describe, run_table, summary
+from orchestrator.client import Event
+from orchestrator.client._core import read_sse
 
 
 def test_each_event_kind_has_its_line() -> None:

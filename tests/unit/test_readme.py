@@ -36,7 +36,7 @@ def test_the_service_section_shows_each_client() -> None:
     code = "\n".join(block for _, block in service_examples())
     for client in (
         "/v1/runs",
-        "from caduceus import Client",
+        "from orchestrator.client import Client",
         "chat.completions.create",
         "from agents import",
     ):

@@ -94,12 +94,22 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
     first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": "value_error"}
     if first.get("type") == "json_invalid":
         return envelope(400, "invalid_json", "the request body is not valid JSON")
+    if tuple(first.get("loc", ())) == ("body",) and not _json_content(request):
+        # FastAPI reads a body as JSON only when it says it is (curl -d sends a form's content type).
+        return envelope(
+            400, "invalid_json", "send the request body as JSON, with Content-Type: application/json"
+        )
     field = _field(tuple(first.get("loc", ())))
     if not request.url.path.startswith(OPENAI_PATHS):
         return envelope(422, "validation_error", f"{field}: {first.get('msg', 'invalid')}")
     if first.get("type") == "extra_forbidden":
         return envelope(400, "unknown_field", f"{field}: unknown field (not part of this API)", param=field)
     return envelope(400, "invalid_request", f"{field}: {first.get('msg', 'invalid')}", param=field)
+
+
+def _json_content(request: Request) -> bool:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return kind == "application/json" or kind.endswith("+json")
 
 
 async def _http(_: Request, exc: Exception) -> JSONResponse:

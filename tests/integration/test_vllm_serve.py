@@ -102,6 +102,9 @@ def service(ray_cluster: RayTestCluster, watching: Watching) -> Iterator[httpx.C
     REST."""
     config = service_demo.demo_config(None, scripted=False).model_dump(mode="json")
     config |= {"redis": {"url_env": REDIS_ENV}, "api_keys_env": KEYS_ENV}
+    # The tests poll runs many times a second, past the default limit per key (20 a second): a request
+    # right after a poll loop would meet a 429 (the rate limit has its own tests, on the API).
+    config |= {"api": {"rate_per_s": 1000, "burst": 1000}}
     config |= {"otlp_endpoint": watching.receiver.endpoint}
     config |= {"telemetry": {"export_interval_s": 1, "prometheus_targets": str(watching.targets)}}
     serve.run(build_app(config), name=APP, route_prefix="/")
@@ -378,10 +381,12 @@ def test_the_openai_sdk_on_responses_with_the_real_model(sdk: openai.OpenAI) -> 
 
 
 def test_the_readmes_examples_run_as_written_against_the_service(service: httpx.Client) -> None:
-    curl, client, chat, agents, responses = real_clients.readme(str(service.base_url).rstrip("/"))
+    curl, client, chat, agents, langchain, responses = real_clients.readme(str(service.base_url).rstrip("/"))
     assert "event: finished" in curl and '"status":"completed"' in curl.replace(" ", "")
     assert "tool_call" in client.split() and client.splitlines()[-1]  # its events, then the answer
     assert agents.strip().lstrip("-").isdigit()  # the tool's result: the agent stopped on its first call
+    name, product = langchain.split()  # the call LangChain parsed, and the tool's result
+    assert name == "multiply" and product.lstrip("-").isdigit()
     told = [line.split() for line in responses.splitlines() if re.fullmatch(r"[0-9]+ response\.\S+", line)]
     numbers = [int(number) for number, _ in told]
     assert numbers == list(range(numbers[0], numbers[0] + len(numbers))) and numbers[0] > 1

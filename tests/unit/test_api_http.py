@@ -101,6 +101,16 @@ def test_errors_come_in_one_envelope() -> None:
         assert "tools" in cases[4][0].json()["error"]["message"]
 
 
+def test_a_json_body_sent_as_a_form_is_told_to_say_it_is_json(api: MemoryApi) -> None:
+    """``curl -d '{...}'`` without a content type sends a form's: FastAPI then does not read JSON."""
+    form = {**A, "Content-Type": "application/x-www-form-urlencoded"}
+    for path in ("/v1/runs", "/v1/chat/completions", "/v1/responses"):
+        response = api.http.post(path, content=b'{"input": "hi"}', headers=form)
+        assert response.status_code == 400, (path, response.text)
+        error = response.json()["error"]
+        assert error["code"] == "invalid_json" and "Content-Type: application/json" in error["message"]
+
+
 def test_cancel_a_queued_run(api: MemoryApi) -> None:
     run = api.http.post("/v1/runs", json={"input": "never"}, headers=A).json()
     cancelled = api.http.post(f"/v1/runs/{run['id']}/cancel", headers=A)

@@ -39,6 +39,7 @@ def test_the_service_section_shows_each_client() -> None:
         "from orchestrator.client import Client",
         "chat.completions.create",
         "from agents import",
+        "from langchain_openai import ChatOpenAI",
     ):
         assert client in code
     assert "responses.create" in code and "starting_after" in code and "get_weather" not in code

@@ -192,3 +192,43 @@ def test_landlock_hosts_are_pooled_too_and_find_their_scratch_from_the_request(t
 
     x, y = asyncio.run(main())
     assert x == [str(tmp_path / "x"), ["x.txt"]] and y == [str(tmp_path / "y"), ["y.txt"]]
+
+
+_TOOL = '''def shout(text: str) -> str:
+    """Say it louder.
+
+    Args:
+        text: What to say.
+    """
+    return text.upper()
+'''
+
+
+def test_a_checkout_under_tmp_is_bound_again_on_each_hosts_own_tmp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tools (and a virtual environment) under /tmp, as in a CI clone there: each host mounts a /tmp of its
+    own and binds those paths again on top of it, read-only; their tools import and run."""
+    require_bubblewrap()
+    checkout = tmp_path / "checkout"
+    assert checkout.is_relative_to("/tmp"), "the point of this test is a path under /tmp"
+    (checkout / "tmptools").mkdir(parents=True)
+    (checkout / "tmptools" / "__init__.py").write_text(_TOOL)
+    monkeypatch.syspath_prepend(str(checkout))
+    registry = builtin_registry()
+    registry.add_function("tmptools:shout")
+    write = f"open({str(checkout / 'tmptools' / 'planted.py')!r}, 'w')"
+
+    async def main() -> tuple[ToolResult, ToolResult, Any]:
+        sandbox = PooledSandbox("bubblewrap", preload=registry.sandbox_modules(), warm=0, binding="first_use")
+        async with Executor(registry, sandbox=sandbox, scratch_root=tmp_path / "scratch") as executor:
+            shouted = await executor.execute(ToolCall("s", "shout", {"text": "hello"}), "c")
+            planted = await executor.execute(ToolCall("p", "python", {"code": write}), "c")
+            listing = await _python(executor, "import os\nsorted(os.listdir('/tmp'))", "c")
+            return shouted, planted, listing
+
+    shouted, planted, listing = asyncio.run(main())
+    assert shouted.ok and shouted.content == "HELLO", shouted
+    assert planted.ok and "Read-only file system" in planted.content["error"], planted  # the code's error
+    assert not (checkout / "tmptools" / "planted.py").exists()
+    assert listing == [checkout.parts[2]]  # the host's /tmp holds the binds' paths and nothing else

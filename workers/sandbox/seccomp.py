@@ -70,7 +70,9 @@ _DENIED_X86_64 = {
     "pidfd_getfd": 438,
     "mount_setattr": 442,
 }
-_SETUP = frozenset({"unshare", "mount", "move_mount"})  # what a template needs to make a host
+# What a template needs to make a host: its namespaces, its mounts, and clones of the read-only binds under
+# /tmp (a checkout or a virtual environment there), which it binds again on the host's own /tmp.
+_SETUP = frozenset({"unshare", "mount", "open_tree", "move_mount"})
 _SOCKET, _CLONE, _CLONE3, _IOCTL = 41, 56, 435, 16
 # Calls that send a signal to a process or thread named by the first argument, and those whose target the
 # filter cannot check (tkill names a bare thread id; pidfd_send_signal a descriptor).
@@ -120,9 +122,9 @@ def program(*, allow_inet: bool = True, signal_self: int | None = None, setup: b
     """The packed filter. ``allow_inet=False`` also refuses AF_INET/AF_INET6 sockets.
 
     ``setup``: the filter of a sandbox template (``workers.sandbox.forkserver``), which must still make
-    each host's namespaces and mounts: ``unshare``, ``mount`` and ``move_mount`` pass it. It never runs a
-    task: every host installs the full filter on top of it (filters stack; the strictest answer wins)
-    before anything of a task runs.
+    each host's namespaces and mounts: ``unshare``, ``mount``, ``open_tree`` and ``move_mount`` pass it. It
+    never runs a task: every host installs the full filter on top of it (filters stack; the strictest
+    answer wins) before anything of a task runs.
 
     ``signal_self``: where nothing else confines signals (Landlock before ABI 6, no PID namespace), the
     pid of the process installing the filter: signals may then go to it alone, so that a call cannot

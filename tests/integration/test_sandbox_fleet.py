@@ -10,6 +10,7 @@ The escape probes run through the fleet, and through hosts bound at their start,
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -204,20 +205,28 @@ _TOOL = '''def shout(text: str) -> str:
 '''
 
 
+@pytest.mark.parametrize("layout", ["package", "module"])
 def test_a_checkout_under_tmp_is_bound_again_on_each_hosts_own_tmp(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str
 ) -> None:
     """Tools (and a virtual environment) under /tmp, as in a CI clone there: each host mounts a /tmp of its
-    own and binds those paths again on top of it, read-only; their tools import and run."""
+    own and binds those paths again on top of it, read-only; their tools import and run, whether a tool
+    is a package (a directory to bind) or one module (a file)."""
     require_bubblewrap()
     checkout = tmp_path / "checkout"
     assert checkout.is_relative_to("/tmp"), "the point of this test is a path under /tmp"
-    (checkout / "tmptools").mkdir(parents=True)
-    (checkout / "tmptools" / "__init__.py").write_text(_TOOL)
+    checkout.mkdir()
+    if layout == "package":
+        (checkout / "tmptools").mkdir()
+        source = checkout / "tmptools" / "__init__.py"
+    else:
+        source = checkout / "tmptools.py"
+    source.write_text(_TOOL)
     monkeypatch.syspath_prepend(str(checkout))
+    monkeypatch.delitem(sys.modules, "tmptools", raising=False)
     registry = builtin_registry()
     registry.add_function("tmptools:shout")
-    write = f"open({str(checkout / 'tmptools' / 'planted.py')!r}, 'w')"
+    write = f"open({str(source)!r}, 'a')"
 
     async def main() -> tuple[ToolResult, ToolResult, Any]:
         sandbox = PooledSandbox("bubblewrap", preload=registry.sandbox_modules(), warm=0, binding="first_use")
@@ -230,5 +239,5 @@ def test_a_checkout_under_tmp_is_bound_again_on_each_hosts_own_tmp(
     shouted, planted, listing = asyncio.run(main())
     assert shouted.ok and shouted.content == "HELLO", shouted
     assert planted.ok and "Read-only file system" in planted.content["error"], planted  # the code's error
-    assert not (checkout / "tmptools" / "planted.py").exists()
+    assert source.read_text() == _TOOL
     assert listing == [checkout.parts[2]]  # the host's /tmp holds the binds' paths and nothing else

@@ -78,11 +78,11 @@ def isolate(*, network: bool, tmp_binds: Sequence[str] = ()) -> None:
     _mount(None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing done here reaches the template or a sibling
     # Read-only, as under bwrap: where the worker is root, so is the task to the kernel's /proc/sys.
     _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC | _MS_RDONLY)
-    kept = [(path, _clone(path)) for path in tmp_binds]
+    kept = [(path, os.path.isdir(path), _clone(path)) for path in tmp_binds]
     _mount("tmpfs", "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={_TMP_BYTES},mode=0755")
-    for path, tree in kept:
-        os.makedirs(path, exist_ok=True)
+    for path, directory, tree in kept:
         try:
+            _mount_point(path, directory)
             attach(tree, path)
         finally:
             os.close(tree)
@@ -92,6 +92,15 @@ def isolate(*, network: bool, tmp_binds: Sequence[str] = ()) -> None:
     _read_only("/", _MS_NOSUID | _MS_NODEV)
     if not network:
         _loopback_up()
+
+
+def _mount_point(path: str, directory: bool) -> None:
+    """A directory, or an empty file (a tool that is one module, not a package), to mount ``path`` on."""
+    if directory:
+        os.makedirs(path, exist_ok=True)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
 
 
 def _loopback_up() -> None:

@@ -3,20 +3,19 @@ OTLP/gRPC to a real receiver (rotel), which logs what it received."""
 
 from __future__ import annotations
 
-import importlib.util
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.integration.otlp_receiver import Receiver, rotel, wait_for
+
 RUN = """
 import asyncio
 from orchestrator import tracing
-shutdown = tracing.configure(service_name="caduceus-e2e", otlp_endpoint="http://127.0.0.1:{port}")
+shutdown = tracing.configure(service_name="caduceus-e2e", otlp_endpoint="{endpoint}")
 from orchestrator.engines import ScriptedEngine
 from orchestrator.loop import Agent
 from orchestrator.memory import FunctionExecutor, MemoryStore
@@ -43,62 +42,15 @@ EXPECTED = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
-def receiver(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    spec = importlib.util.find_spec("rotel")
-    assert spec is not None and spec.submodule_search_locations, "the rotel wheel is a test dependency"
-    agent = Path(next(iter(spec.submodule_search_locations))) / "rotel-agent"
-    grpc, http, log = _free_port(), _free_port(), tmp_path / "received.txt"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [
-                str(agent),
-                "start",
-                "--exporter",
-                "blackhole",
-                "--otlp-grpc-endpoint",
-                f"127.0.0.1:{grpc}",
-                "--otlp-http-endpoint",
-                f"127.0.0.1:{http}",
-                "--debug-log",
-                "traces",
-                "--debug-log",
-                "metrics",
-                "--debug-log-verbosity",
-                "detailed",
-                "--log-file",
-                str(tmp_path / "agent.log"),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_for(log, ["Starting Rotel"], 30)
-        yield grpc, log
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+def receiver(tmp_path: Path) -> Iterator[Receiver]:
+    with rotel(tmp_path, "traces", "metrics") as started:
+        yield started
 
 
-def _wait_for(log: Path, needles: list[str] | tuple[str, ...], seconds: float) -> str:
-    deadline = time.monotonic() + seconds
-    while True:
-        text = log.read_text(errors="replace")
-        if all(needle in text for needle in needles) or time.monotonic() > deadline:
-            return text
-        time.sleep(0.2)
-
-
-def test_spans_and_metrics_reach_a_real_otlp_receiver(receiver: tuple[int, Path]) -> None:
-    port, log = receiver
+def test_spans_and_metrics_reach_a_real_otlp_receiver(receiver: Receiver) -> None:
     done = subprocess.run(
-        [sys.executable, "-c", RUN.format(port=port)],
+        [sys.executable, "-c", RUN.format(endpoint=receiver.endpoint)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -106,5 +58,5 @@ def test_spans_and_metrics_reach_a_real_otlp_receiver(receiver: tuple[int, Path]
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "answer"
-    received = _wait_for(log, EXPECTED, 30)
+    received = wait_for(receiver.log, EXPECTED, 30)
     assert [needle for needle in EXPECTED if needle not in received] == []
